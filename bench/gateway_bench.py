@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Gateway + SDK throughput and latency on loopback, as ratios measured in one run.
+
+    .venv/bin/python bench/gateway_bench.py [--quick]
+
+What it runs, each server in its own process (as on the appliance, where the gateway is a daemon)
+and every client in this one:
+
+1. ``echo``      raw websockets echo server, one message in flight: the floor set by the library
+                 (the same websockets version the gateway uses).
+2. ``invoke x1`` a trivial invocation (``filesystem.stat`` of the workspace) through the SDK, one in
+                 flight on one connection: audit logging, input validation and all.
+3. ``invoke x64`` the same with 64 in flight on one connection.
+4. ``100 agents`` 100 connections at once, each an agent invoking at a steady pace
+                 (``AGENT_RATE`` per second, with jitter; an LLM-driven agent invokes far less
+                 often), so the gateway serves ``100 * AGENT_RATE`` invocations per second; latency
+                 is measured per invocation.
+
+Targets (issue #2): invoke x1 >= 0.5x echo; invoke x64 >= 2x invoke x1; p99 with 100 agents <= 20 ms.
+It prints PASS or MISS beside each, and exits 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import websockets
+from websockets.asyncio.client import connect
+
+from kruxos import AsyncAgent, KruxOS
+
+REPO = Path(__file__).resolve().parent.parent
+AGENT_RATE = 10.0  # invocations per second per agent in the 100-agent run
+
+ECHO_SERVER = """
+import asyncio, sys
+from websockets.asyncio.server import serve
+
+async def echo(ws):
+    async for message in ws:
+        await ws.send(message)
+
+async def main():
+    async with serve(echo, "127.0.0.1", 0, compression=None) as server:
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Future()
+
+asyncio.run(main())
+"""
+
+
+@dataclass
+class Run:
+    name: str
+    count: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    def row(self) -> str:
+        return (
+            f"{self.name:<12} {self.count:>7} ops {self.rate:>9.0f}/s "
+            f"p50 {self.percentile(0.50):>7.3f} ms  p99 {self.percentile(0.99):>7.3f} ms"
+        )
+
+
+async def timed(name: str, count: int, one: Callable[[], Awaitable[object]], in_flight: int) -> Run:
+    """Run ``one`` ``count`` times with ``in_flight`` concurrent workers; time each call."""
+    latencies: list[float] = []
+    per_worker = count // in_flight
+
+    async def worker() -> None:
+        for _ in range(per_worker):
+            started = time.perf_counter()
+            await one()
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+    return Run(name, per_worker * in_flight, time.perf_counter() - started, latencies)
+
+
+def start_process(argv: list[str], **kwargs: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(argv, text=True, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+
+def wait_for_file(path: Path, process: subprocess.Popen[str], seconds: float = 20) -> str:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"bench: the gateway did not start (exit {process.returncode})")
+        time.sleep(0.05)
+    return path.read_text().strip()
+
+
+async def main(quick: bool) -> int:
+    scale = 0.2 if quick else 1.0
+    n = int(5000 * scale)
+    with tempfile.TemporaryDirectory(prefix="kruxos-bench-") as tmp:
+        root = Path(tmp)
+        (root / "workspace").mkdir()
+        (root / "state").mkdir()
+        config = root / "gateway.yaml"
+        config.write_text(
+            f"listen: {{host: 127.0.0.1, port: 0}}\nstate_dir: {root / 'state'}\n"
+            f"workspace: {{root: {root / 'workspace'}}}\nlimits: {{max_in_flight: 64}}\n"
+        )
+        key = subprocess.run(
+            [sys.executable, "-m", "kruxos_gateway.ctl", "--config", str(config), "keys", "create", "bench"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        gateway = start_process(
+            [sys.executable, "-m", "kruxos_gateway", "--config", str(config), "--port-file", str(root / "port")],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
+        echo = start_process([sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE)
+        try:
+            port = wait_for_file(root / "port", gateway)
+            assert echo.stdout is not None
+            echo_port = echo.stdout.readline().strip()
+            host = f"127.0.0.1:{port}"
+
+            async with connect(f"ws://127.0.0.1:{echo_port}", compression=None) as ws:
+                payload = '{"type":"request","id":"1","method":"ping"}'
+
+                async def echo_once() -> None:
+                    await ws.send(payload)
+                    await ws.recv()
+
+                await timed("warm-up", 200, echo_once, 1)
+                echo_run = await timed("echo", n, echo_once, 1)
+
+            async with KruxOS.connect_async(host, api_key=key) as agent:
+
+                async def invoke_once() -> None:
+                    await agent.capabilities.invoke("filesystem.stat", path="/workspace")
+
+                await timed("warm-up", 200, invoke_once, 1)
+                one = await timed("invoke x1", n, invoke_once, 1)
+                many = await timed("invoke x64", n * 2, invoke_once, 64)
+
+            agents_run = await hundred_agents(host, key, seconds=10 * scale)
+        finally:
+            for process in (gateway, echo):
+                process.terminate()
+                process.wait(timeout=30)
+
+    print(f"websockets {websockets.__version__}, Python {sys.version.split()[0]}, loopback, 1 connection unless said")
+    for run in (echo_run, one, many, agents_run):
+        print(run.row())
+    print()
+    checks = [
+        ("invoke x1 / echo", one.rate / echo_run.rate, ">=", 0.5),
+        ("invoke x64 / invoke x1", many.rate / one.rate, ">=", 2.0),
+        (f"p99 ms, 100 agents at {AGENT_RATE:g}/s each", agents_run.percentile(0.99), "<=", 20.0),
+    ]
+    missed = 0
+    for label, value, op, target in checks:
+        ok = value >= target if op == ">=" else value <= target
+        missed += not ok
+        print(f"{label:<40} {value:>8.2f}  target {op} {target:<5g} {'PASS' if ok else 'MISS'}")
+    return 1 if missed else 0
+
+
+async def hundred_agents(host: str, key: str, seconds: float, agents: int = 100) -> Run:
+    """``agents`` connections at once, each invoking at AGENT_RATE per second (with jitter)."""
+    latencies: list[float] = []
+    connections = [await KruxOS.connect_async(host, api_key=key) for _ in range(agents)]
+    interval = 1 / AGENT_RATE
+    started = time.perf_counter()
+    deadline = started + seconds
+
+    async def agent_loop(agent: AsyncAgent) -> None:
+        await asyncio.sleep(random.uniform(0, interval))
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            await agent.capabilities.invoke("filesystem.stat", path="/workspace")
+            latencies.append(time.perf_counter() - t0)
+            await asyncio.sleep(max(0.0, interval * random.uniform(0.5, 1.5) - (time.perf_counter() - t0)))
+
+    try:
+        await asyncio.gather(*(agent_loop(a) for a in connections))
+    finally:
+        await asyncio.gather(*(a.disconnect() for a in connections))
+    return Run(f"{agents} agents", len(latencies), time.perf_counter() - started, latencies)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a fifth of the work, for a smoke run")
+    sys.exit(asyncio.run(main(parser.parse_args().quick)))

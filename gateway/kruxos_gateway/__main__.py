@@ -1,0 +1,128 @@
+"""``python -m kruxos_gateway --config FILE``: run the gateway daemon until SIGTERM or SIGINT.
+
+Exit codes: 0 after a clean shutdown, 2 for a bad configuration or command line (one line on
+stderr, no traceback), 1 if the gateway cannot start (e.g. the port is taken).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from .app import Gateway
+from .capabilities import RunAs, default_registry
+from .capabilities.process import resolve_run_as
+from .config import DEFAULT_CONFIG_PATH, GatewayConfig, ListenConfig, load_config
+from .db import Database
+from .errors import ConfigError
+from .logs import configure_logging
+from .sdnotify import notify
+from .server import GatewayServer
+
+log = logging.getLogger("kruxos_gateway")
+PROG = "kruxos-gateway"
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description="The KruxOS gateway daemon.")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="configuration file (YAML)")
+    parser.add_argument("--host", help="listen on this address instead of listen.host")
+    parser.add_argument(
+        "--port", type=int, help="listen on this port instead of listen.port (0: any free port)"
+    )
+    parser.add_argument("--port-file", type=Path, help="once listening, write the real port to this file")
+    parser.add_argument("--debug", action="store_true", help="log at DEBUG level")
+    return parser.parse_args(argv)
+
+
+def _configure(args: argparse.Namespace) -> tuple[GatewayConfig, RunAs | None]:
+    config = load_config(args.config)
+    if args.host is not None or args.port is not None:
+        listen = ListenConfig.model_validate(
+            {
+                "host": args.host if args.host is not None else config.listen.host,
+                "port": args.port if args.port is not None else config.listen.port,
+            }
+        )
+        config = config.model_copy(update={"listen": listen})
+    run_as = resolve_run_as(config.process)
+    root = config.workspace.root
+    if not root.is_dir():
+        raise ConfigError(f"workspace.root: {root} is not a directory")
+    try:
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"state_dir: cannot create {config.state_dir}: {exc.strerror}") from None
+    return config, run_as
+
+
+def write_port_file(path: Path, port: int) -> None:
+    """Write ``port`` to ``path`` atomically (temp file in the same directory, then rename)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{port}\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+async def run(config: GatewayConfig, run_as: RunAs | None, port_file: Path | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then drain and return."""
+    # Handlers first: a SIGTERM right after READY=1 must already drain, not kill.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    db = Database(config.db_path)
+    await asyncio.to_thread(db.start)
+    try:
+        server = GatewayServer(config, db, Gateway(config, db, default_registry(), run_as=run_as))
+        await server.start()
+        host, port = server.address
+        if port_file is not None:
+            write_port_file(port_file, port)
+        notify(f"READY=1\nSTATUS=listening on {host}:{port}")
+        log.info(
+            "listening on %s:%d (workspace %s, state %s)", host, port, config.workspace.root, config.state_dir
+        )
+        if run_as is None:
+            log.warning(
+                "process.run_as_user is not set: process.run runs commands as the gateway's user (uid %d)",
+                os.getuid(),
+            )
+        await stop.wait()
+        notify("STOPPING=1\nSTATUS=draining")
+        log.info("shutting down")
+        await server.shutdown()
+    finally:
+        await db.close()
+    log.info("stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
+    configure_logging(logging.DEBUG if args.debug else logging.INFO)
+    try:
+        config, run_as = _configure(args)
+    except ConfigError as exc:
+        print(f"{PROG}: config error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(run(config, run_as, args.port_file))
+    except OSError as exc:
+        print(f"{PROG}: error: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

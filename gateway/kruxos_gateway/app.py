@@ -1,0 +1,181 @@
+"""The gateway's methods (ping, capabilities.list/describe/invoke), independent of the transport.
+
+``Gateway.handle`` turns one validated request into its answer frame. Every invocation, whether it
+ran or was refused, is appended to the audit log. A policy hook is consulted after input validation
+and before the capability runs; the default allows everything (policies and approvals come later
+and raise ``PolicyDenied`` / ``ApprovalRequired`` from the hook).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from . import store
+from .capabilities import Context, Registry, RunAs, validate_inputs
+from .config import GatewayConfig
+from .db import Database
+from .errors import CapabilityFailed, GatewayError, InternalError, InvalidMessage
+from .models import (
+    CapabilityDefinition,
+    DescribeParams,
+    ErrorFrame,
+    InvocationResult,
+    InvokeParams,
+    ListParams,
+    PingParams,
+    RequestFrame,
+    ResponseFrame,
+)
+from .protocol import error_frame, one_line, response_frame
+from .workspace import Workspace
+
+log = logging.getLogger(__name__)
+P = TypeVar("P", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: the API key's name and the connection's session."""
+
+    key_name: str
+    session_id: str
+
+
+class PolicyHook(Protocol):
+    """Decides whether an invocation may run; raises ``PolicyDenied`` or ``ApprovalRequired`` if not."""
+
+    async def evaluate(
+        self, ctx: Context, capability: CapabilityDefinition, inputs: dict[str, Any]
+    ) -> None: ...
+
+
+class AllowAll:
+    """The v1 policy: every authenticated caller may invoke every capability."""
+
+    async def evaluate(self, ctx: Context, capability: CapabilityDefinition, inputs: dict[str, Any]) -> None:
+        return None
+
+
+def _params(model: type[P], params: dict[str, Any], method: str) -> P:
+    try:
+        return model.model_validate(params)
+    except ValidationError as exc:
+        raise InvalidMessage(
+            f"invalid params for {method}: {one_line(exc)}",
+            recovery=[("fix_params", "see docs/protocol.md for the params of each method")],
+        ) from None
+
+
+class Gateway:
+    """Answers requests; shared by every connection."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        db: Database,
+        registry: Registry,
+        *,
+        run_as: RunAs | None = None,
+        policy: PolicyHook | None = None,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.registry = registry
+        self.workspace = Workspace(config.workspace.root)
+        self.run_as = run_as
+        self.policy = policy or AllowAll()
+
+    async def handle(self, caller: Caller, request: RequestFrame) -> ResponseFrame | ErrorFrame:
+        try:
+            return response_frame(request.id, await self._call(caller, request.method, request.params))
+        except GatewayError as exc:
+            return error_frame(request.id, exc)
+        except Exception:
+            log.exception("internal error answering %s", request.method)
+            return error_frame(request.id, InternalError("internal error in the gateway; see its log"))
+
+    async def _call(self, caller: Caller, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        if method == "ping":
+            _params(PingParams, params, method)
+            return {"pong": True, "time": time.time()}
+        if method == "capabilities.list":
+            filters = _params(ListParams, params, method)
+            definitions = self.registry.list(filters.category, filters.tag)
+            return {"capabilities": [d.model_dump(mode="json") for d in definitions]}
+        if method == "capabilities.describe":
+            name = _params(DescribeParams, params, method).name
+            return {"capability": self.registry.get(name).definition.model_dump(mode="json")}
+        if method == "capabilities.invoke":
+            return await self.invoke(caller, _params(InvokeParams, params, method))
+        raise AssertionError(f"method {method!r} passed the protocol core but has no handler")
+
+    async def invoke(self, caller: Caller, params: InvokeParams) -> dict[str, Any]:
+        invocation_id = "inv_" + secrets.token_hex(12)
+        started = time.monotonic()
+        outcome = "internal_error"
+        try:
+            capability = self.registry.get(params.name)
+            inputs = validate_inputs(capability.definition, params.inputs)
+            ctx = Context(
+                config=self.config,
+                workspace=self.workspace,
+                db=self.db,
+                key_name=caller.key_name,
+                session_id=caller.session_id,
+                invocation_id=invocation_id,
+                run_as=self.run_as,
+            )
+            await self.policy.evaluate(ctx, capability.definition, inputs)
+            data: dict[str, Any] | None = None
+            failure: CapabilityFailed | None = None
+            try:
+                data = await capability.handler(ctx, inputs)
+            except CapabilityFailed as exc:
+                failure = exc
+            outcome = "success" if failure is None else failure.error_type
+            return InvocationResult(
+                invocation_id=invocation_id,
+                capability=capability.name,
+                success=failure is None,
+                data=data,
+                error=failure.to_info() if failure is not None else None,
+                duration_ms=_elapsed_ms(started),
+            ).model_dump(mode="json")
+        except GatewayError as exc:
+            outcome = exc.error_type
+            raise
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                outcome = "cancelled"
+            raise
+        finally:
+            await self._audit(caller, invocation_id, params, outcome, _elapsed_ms(started))
+
+    async def _audit(
+        self, caller: Caller, invocation_id: str, params: InvokeParams, outcome: str, duration_ms: float
+    ) -> None:
+        record = store.AuditRecord(
+            ts=store.now(),
+            key_name=caller.key_name,
+            session_id=caller.session_id,
+            invocation_id=invocation_id,
+            capability=params.name,
+            inputs_sha256=store.inputs_digest(params.inputs),
+            outcome=outcome,
+            duration_ms=duration_ms,
+        )
+        try:
+            await self.db.run(functools.partial(store.append_audit, record=record))
+        except Exception:
+            log.exception("cannot append to the audit log: %s", record)
+
+
+def _elapsed_ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 3)

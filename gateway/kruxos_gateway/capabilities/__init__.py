@@ -1,0 +1,182 @@
+"""The capability registry: declarative definitions, input validation, and the built-in set.
+
+A capability is a ``CapabilityDefinition`` (what agents see through ``capabilities.list``) plus an
+async handler. Inputs are validated against the definition before the handler runs; a handler
+returns its ``data`` or raises ``CapabilityFailed`` for a failed result.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidInput, UnknownCapability
+from ..models import CapabilityDefinition, InputSpec
+
+if TYPE_CHECKING:
+    from ..config import GatewayConfig
+    from ..db import Database
+    from ..workspace import Workspace
+
+
+@dataclass
+class Context:
+    """What a handler may use: configuration, workspace, database, and who is calling."""
+
+    config: GatewayConfig
+    workspace: Workspace
+    db: Database
+    key_name: str
+    session_id: str
+    invocation_id: str
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("kruxos_gateway.capabilities"))
+    # Resolved at start-up from process.run_as_user/run_as_group (None: run as the gateway).
+    run_as: RunAs | None = None
+
+
+@dataclass(frozen=True)
+class RunAs:
+    uid: int
+    gid: int
+    extra_groups: tuple[int, ...]
+    user: str
+
+
+Handler = Callable[[Context, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Capability:
+    definition: CapabilityDefinition
+    handler: Handler
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+
+class Registry:
+    """The capabilities this gateway offers, by name."""
+
+    def __init__(self, capabilities: Iterable[Capability]) -> None:
+        self._by_name = {c.name: c for c in capabilities}
+
+    def get(self, name: str) -> Capability:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise UnknownCapability(
+                f"no capability is named {name!r}",
+                recovery=[("list_capabilities", "call capabilities.list to see the available names")],
+                details={"name": name},
+            ) from None
+
+    def list(self, category: str | None = None, tag: str | None = None) -> list[CapabilityDefinition]:
+        return [
+            c.definition
+            for name, c in sorted(self._by_name.items())
+            if (category is None or c.definition.category == category)
+            and (tag is None or tag in c.definition.tags)
+        ]
+
+
+def default_registry() -> Registry:
+    from . import alerts, filesystem, network, process
+
+    return Registry(
+        [*filesystem.CAPABILITIES, *process.CAPABILITIES, *network.CAPABILITIES, *alerts.CAPABILITIES]
+    )
+
+
+# --- input validation ---------------------------------------------------------------------------
+
+_EXAMPLES = {
+    "string": '"text"',
+    "integer": "42",
+    "number": "1.5",
+    "boolean": "true",
+    "object": '{"key": "value"}',
+    "array": '["a", "b"]',
+    "string_or_array": '"ls -la" or ["ls", "-la"]',
+}
+
+
+def json_type(value: object) -> str:
+    """The JSON type name of a decoded JSON value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _matches(spec_type: str, value: object) -> bool:
+    actual = json_type(value)
+    if spec_type == "number":
+        return actual in ("integer", "number")
+    if spec_type == "string_or_array":
+        return actual == "string" or (actual == "array" and all(isinstance(v, str) for v in value))  # type: ignore[attr-defined]
+    return actual == spec_type
+
+
+def validate_inputs(definition: CapabilityDefinition, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Check ``inputs`` against the definition; return them with defaults filled in.
+
+    Raises ``InvalidInput`` naming the first offending input and how to fix it. ``null`` for an
+    optional input means its default.
+    """
+    specs = {s.name: s for s in definition.inputs}
+    for name in inputs:
+        if name not in specs:
+            known = ", ".join(specs) or "none"
+            raise InvalidInput(
+                name,
+                f"{definition.name} has no input {name!r}",
+                f"remove {name!r}; the inputs of {definition.name} are: {known}",
+            )
+    out: dict[str, Any] = {}
+    for spec in definition.inputs:
+        value = inputs.get(spec.name)
+        if value is None:
+            if spec.required:
+                raise InvalidInput(
+                    spec.name,
+                    f"missing required input {spec.name!r}",
+                    f"pass {spec.name} ({_describe_type(spec)}): {spec.description}",
+                )
+            out[spec.name] = spec.default
+            continue
+        if not _matches(spec.type, value):
+            raise InvalidInput(
+                spec.name,
+                f"input {spec.name!r} must be {_describe_type(spec)}, got {json_type(value)}",
+                f"pass {spec.name} as {_describe_type(spec)}, e.g. {_EXAMPLES[spec.type]}",
+            )
+        if spec.choices is not None and value not in spec.choices:
+            allowed = ", ".join(repr(c) for c in spec.choices)
+            raise InvalidInput(
+                spec.name,
+                f"input {spec.name!r} must be one of {allowed}, got {value!r}",
+                f"pass {spec.name} as one of {allowed}",
+            )
+        out[spec.name] = value
+    return out
+
+
+def _describe_type(spec: InputSpec) -> str:
+    if spec.type == "string_or_array":
+        return "a string or an array of strings"
+    article = "an" if spec.type[0] in "aeiou" else "a"
+    return f"{article} {spec.type}"

@@ -1,0 +1,275 @@
+"""``filesystem.*``: read, write, list, stat, delete, mkdir and move inside /workspace."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ..models import CapabilityDefinition, InputSpec, OutputSpec
+from . import Capability, Context
+from . import _fs_ops as ops
+
+_PATH_NOTE = "an absolute path under /workspace, or a path relative to /workspace"
+
+
+def _path(description: str = f"The path: {_PATH_NOTE}.", name: str = "path") -> InputSpec:
+    return InputSpec(name=name, type="string", required=True, description=description)
+
+
+_ENCODING = InputSpec(
+    name="encoding",
+    type="string",
+    default="utf-8",
+    choices=("utf-8", "base64"),
+    description='"utf-8" for text (the default) or "base64" for binary data.',
+)
+
+
+async def _read(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
+    return await asyncio.to_thread(
+        ops.read, ctx.workspace, inputs["path"], inputs["encoding"], ctx.config.filesystem.max_read_bytes
+    )
+
+
+async def _write(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
+    data = ops.decode_content(inputs["content"], inputs["encoding"])
+    return await asyncio.to_thread(
+        ops.write,
+        ctx.workspace,
+        inputs["path"],
+        data,
+        create_parents=inputs["create_parents"],
+        overwrite=inputs["overwrite"],
+        max_bytes=ctx.config.filesystem.max_write_bytes,
+    )
+
+
+async def _list(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
+    return await asyncio.to_thread(ops.list_dir, ctx.workspace, inputs["path"])
+
+
+async def _stat(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
+    return await asyncio.to_thread(ops.stat_path, ctx.workspace, inputs["path"])
+
+
+async def _delete(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
+    return await asyncio.to_thread(ops.delete, ctx.workspace, inputs["path"], inputs["recursive"])
+
+
+async def _mkdir(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
+    return await asyncio.to_thread(ops.mkdir, ctx.workspace, inputs["path"], inputs["parents"])
+
+
+async def _move(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
+    return await asyncio.to_thread(
+        ops.move,
+        ctx.workspace,
+        inputs["src"],
+        inputs["dst"],
+        overwrite=inputs["overwrite"],
+        create_parents=inputs["create_parents"],
+    )
+
+
+def _definition(
+    name: str,
+    tags: list[str],
+    purpose: str,
+    when_to_use: str,
+    inputs: list[InputSpec],
+    outputs: list[tuple[str, str, str]],
+    tier: str,
+) -> CapabilityDefinition:
+    return CapabilityDefinition.model_validate(
+        {
+            "name": f"filesystem.{name}",
+            "category": "filesystem",
+            "tags": tags,
+            "purpose": purpose,
+            "when_to_use": when_to_use,
+            "inputs": inputs,
+            "outputs": [OutputSpec(name=n, type=t, description=d) for n, t, d in outputs],
+            "permission_tier": tier,
+        }
+    )
+
+
+_ENTRY = "objects with name, path, type (file|directory|symlink|other), size (bytes), modified (ISO 8601 UTC)"
+
+CAPABILITIES = [
+    Capability(
+        _definition(
+            "read",
+            ["safe", "read-only"],
+            "Read a file inside the workspace.",
+            "When you need the contents of a file: text as UTF-8, anything else with encoding=base64.",
+            [_path(f"The file to read: {_PATH_NOTE}."), _ENCODING],
+            [
+                ("path", "string", "The file's path as /workspace/..."),
+                ("content", "string", "The file's contents, as text or base64."),
+                ("encoding", "string", '"utf-8" or "base64", as requested.'),
+                ("size", "integer", "The file's size in bytes."),
+            ],
+            "read",
+        ),
+        _read,
+    ),
+    Capability(
+        _definition(
+            "write",
+            ["write"],
+            "Write a file inside the workspace, atomically (readers see the old or the new content).",
+            "When you need to create or replace a file. Parent directories are created by default.",
+            [
+                _path(f"The file to write: {_PATH_NOTE}."),
+                InputSpec(name="content", type="string", required=True, description="The new contents."),
+                _ENCODING,
+                InputSpec(
+                    name="create_parents",
+                    type="boolean",
+                    default=True,
+                    description="Create missing parent directories (default true).",
+                ),
+                InputSpec(
+                    name="overwrite",
+                    type="boolean",
+                    default=True,
+                    description="Replace an existing file (default true); false fails with already_exists.",
+                ),
+            ],
+            [
+                ("path", "string", "The written file's path as /workspace/..."),
+                ("size", "integer", "Bytes written."),
+            ],
+            "write",
+        ),
+        _write,
+    ),
+    Capability(
+        _definition(
+            "list",
+            ["safe", "read-only"],
+            "List the entries of a directory inside the workspace.",
+            "When you need to know which files and directories exist; sorted by name, not recursive.",
+            [
+                InputSpec(
+                    name="path",
+                    type="string",
+                    default="/workspace",
+                    description=f"The directory to list (default /workspace): {_PATH_NOTE}.",
+                )
+            ],
+            [
+                ("path", "string", "The listed directory as /workspace/..."),
+                ("entries", "array", f"The entries: {_ENTRY}."),
+                (
+                    "truncated",
+                    "boolean",
+                    f"True if the directory has more than {ops.MAX_LIST_ENTRIES} entries.",
+                ),
+            ],
+            "read",
+        ),
+        _list,
+    ),
+    Capability(
+        _definition(
+            "stat",
+            ["safe", "read-only"],
+            "Describe one file, directory or symlink inside the workspace without reading it.",
+            "When you need to know whether a path exists, what it is, its size or modification time.",
+            [_path(f"The path to describe: {_PATH_NOTE}. A symlink is described, not followed.")],
+            [
+                ("path", "string", "The path as /workspace/..."),
+                ("name", "string", "The last component of the path."),
+                ("type", "string", "file, directory, symlink or other."),
+                ("size", "integer", "Size in bytes."),
+                ("modified", "string", "Last modification time, ISO 8601 UTC."),
+                ("mode", "string", "Permission bits in octal, e.g. 0644."),
+                ("symlink_target", "string", "For a symlink, what it points to; otherwise null."),
+            ],
+            "read",
+        ),
+        _stat,
+    ),
+    Capability(
+        _definition(
+            "delete",
+            ["write", "destructive"],
+            "Delete a file, symlink or directory inside the workspace.",
+            "When a file or directory is no longer needed. A non-empty directory needs recursive=true.",
+            [
+                _path(f"The path to delete: {_PATH_NOTE}. A symlink is deleted, not its target."),
+                InputSpec(
+                    name="recursive",
+                    type="boolean",
+                    default=False,
+                    description="Delete a directory with everything in it (default false).",
+                ),
+            ],
+            [
+                ("path", "string", "The deleted path as /workspace/..."),
+                ("deleted", "boolean", "Always true."),
+                ("type", "string", "What was deleted: file, directory, symlink or other."),
+            ],
+            "write",
+        ),
+        _delete,
+    ),
+    Capability(
+        _definition(
+            "mkdir",
+            ["write"],
+            "Create a directory inside the workspace.",
+            "When you need an empty directory (filesystem.write creates missing parents itself).",
+            [
+                _path(f"The directory to create: {_PATH_NOTE}."),
+                InputSpec(
+                    name="parents",
+                    type="boolean",
+                    default=True,
+                    description="Create missing parents and accept an existing directory (default true).",
+                ),
+            ],
+            [
+                ("path", "string", "The directory as /workspace/..."),
+                ("created", "boolean", "False if it already existed."),
+            ],
+            "write",
+        ),
+        _mkdir,
+    ),
+    Capability(
+        _definition(
+            "move",
+            ["write"],
+            "Move or rename a file or directory inside the workspace.",
+            "When you need to rename a file or move it to another directory of the workspace.",
+            [
+                _path(f"What to move: {_PATH_NOTE}.", name="src"),
+                _path(
+                    f"Where to move it (the new path, not a directory to move into): {_PATH_NOTE}.",
+                    name="dst",
+                ),
+                InputSpec(
+                    name="overwrite",
+                    type="boolean",
+                    default=False,
+                    description="Replace an existing file at dst (default false).",
+                ),
+                InputSpec(
+                    name="create_parents",
+                    type="boolean",
+                    default=True,
+                    description="Create missing parent directories of dst (default true).",
+                ),
+            ],
+            [
+                ("src", "string", "The old path as /workspace/..."),
+                ("dst", "string", "The new path as /workspace/..."),
+            ],
+            "write",
+        ),
+        _move,
+    ),
+]

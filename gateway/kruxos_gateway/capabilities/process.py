@@ -1,0 +1,274 @@
+"""``process.run``: run a command in the workspace, in its own process group, with a timeout.
+
+A process that ran is a successful invocation whatever its exit code; only a command that could not
+be started at all is a failed result. On timeout the whole process group gets SIGTERM, then SIGKILL
+after a grace period, and the output read so far is returned with ``timed_out: true``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import os
+import pwd
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import ProcessConfig
+from ..errors import CapabilityFailed, ConfigError, InvalidInput
+from ..models import CapabilityDefinition, InputSpec, OutputSpec
+from . import Capability, Context, RunAs
+
+KILL_GRACE_SECONDS = 2.0
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def resolve_run_as(config: ProcessConfig) -> RunAs | None:
+    """Look up ``run_as_user``/``run_as_group`` once at start-up (``None``: run as the gateway)."""
+    if config.run_as_user is None:
+        if config.run_as_group is not None:
+            raise ConfigError("process.run_as_group: needs process.run_as_user as well")
+        return None
+    try:
+        user = pwd.getpwnam(config.run_as_user)
+    except KeyError:
+        raise ConfigError(f"process.run_as_user: no such user {config.run_as_user!r}") from None
+    gid = user.pw_gid
+    if config.run_as_group is not None:
+        try:
+            gid = grp.getgrnam(config.run_as_group).gr_gid
+        except KeyError:
+            raise ConfigError(f"process.run_as_group: no such group {config.run_as_group!r}") from None
+    extra = tuple(g for g in os.getgrouplist(user.pw_name, gid) if g != gid)
+    return RunAs(uid=user.pw_uid, gid=gid, extra_groups=extra, user=user.pw_name)
+
+
+@dataclass
+class _Capture:
+    limit: int
+    data: bytearray = field(default_factory=bytearray)
+    total: int = 0
+
+    async def drain(self, stream: asyncio.StreamReader) -> None:
+        while chunk := await stream.read(65536):
+            self.total += len(chunk)
+            room = self.limit - len(self.data)
+            if room > 0:
+                self.data += chunk[:room]
+
+    @property
+    def text(self) -> str:
+        return self.data.decode("utf-8", errors="replace")
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.limit
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+async def _terminate_group(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM the whole group, SIGKILL it after a grace period."""
+    _signal_group(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), KILL_GRACE_SECONDS)
+    _signal_group(proc.pid, signal.SIGKILL)
+    await proc.wait()
+
+
+async def _kill_now(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL the whole group at once (the request was cancelled) and reap the process."""
+    _signal_group(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), KILL_GRACE_SECONDS)
+
+
+def _environment(ctx: Context, extra: dict[str, Any]) -> dict[str, str]:
+    for name, value in extra.items():
+        if not isinstance(value, str):
+            raise InvalidInput(
+                "env",
+                f"env[{name!r}] must be a string",
+                'pass env as an object of strings, e.g. {"DEBUG": "1"}',
+            )
+    env = {"PATH": os.environ.get("PATH", DEFAULT_PATH), "LANG": "C.UTF-8", "HOME": ctx.workspace.root}
+    env.update(extra)
+    return env
+
+
+async def _run(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
+    command = inputs["command"]
+    if isinstance(command, str):
+        argv = ["/bin/sh", "-c", command]
+    elif command:
+        argv = list(command)
+    else:
+        raise InvalidInput(
+            "command", "input 'command' is an empty array", 'pass e.g. ["ls", "-la"] or "ls -la"'
+        )
+    cwd = ctx.workspace.resolve(inputs["cwd"], input_name="cwd")
+    env = _environment(ctx, inputs["env"] or {})
+    limits = ctx.config.process
+    timeout = inputs["timeout"] if inputs["timeout"] is not None else limits.default_timeout
+    if timeout <= 0:
+        raise InvalidInput(
+            "timeout", "input 'timeout' must be positive", f"pass seconds, at most {limits.max_timeout}"
+        )
+    timeout = min(float(timeout), limits.max_timeout)
+
+    kwargs: dict[str, Any] = {}
+    if ctx.run_as is not None:
+        kwargs = {
+            "user": ctx.run_as.uid,
+            "group": ctx.run_as.gid,
+            "extra_groups": list(ctx.run_as.extra_groups),
+        }
+    started = time.monotonic()
+    spawn = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=cwd.real,
+            env=env,
+            start_new_session=True,  # its own session and process group, killed as a whole
+            **kwargs,
+        )
+    )
+    try:
+        # Shielded: if the request is cancelled mid-spawn, the process must still be found and killed.
+        proc = await asyncio.shield(spawn)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await _kill_now(await spawn)
+        raise
+    except FileNotFoundError as exc:
+        missing = cwd.agent if exc.filename == cwd.real else argv[0]
+        raise CapabilityFailed(
+            "not_found",
+            f"{missing} does not exist",
+            recovery=[("check_command", "check the program name and cwd (a directory under /workspace)")],
+            details={"path": missing},
+        ) from None
+    except NotADirectoryError:
+        raise CapabilityFailed("not_a_directory", f"cwd {cwd.agent} is not a directory") from None
+    except PermissionError:
+        raise CapabilityFailed(
+            "permission_denied", f"permission denied starting {argv[0]}", details={"command": argv[0]}
+        ) from None
+    except OSError as exc:
+        raise CapabilityFailed("execution_failed", f"cannot start {argv[0]}: {exc.strerror or exc}") from None
+
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    out, err = _Capture(limits.max_output_bytes), _Capture(limits.max_output_bytes)
+    readers = [asyncio.create_task(out.drain(proc.stdout)), asyncio.create_task(err.drain(proc.stderr))]
+    exited = asyncio.create_task(proc.wait())
+    timed_out = False
+    try:
+        # Done when the process has exited and every holder of its stdout/stderr has closed them.
+        _, pending = await asyncio.wait([exited, *readers], timeout=timeout)
+        if pending:
+            timed_out = True
+            await _terminate_group(proc)
+            _, pending = await asyncio.wait(readers, timeout=KILL_GRACE_SECONDS)
+            for task in pending:  # a descendant that left the group still holds a pipe
+                task.cancel()
+    except asyncio.CancelledError:
+        for task in [exited, *readers]:
+            task.cancel()
+        await _kill_now(proc)
+        raise
+    return {
+        "exit_code": proc.returncode,
+        "stdout": out.text,
+        "stderr": err.text,
+        "stdout_truncated": out.truncated,
+        "stderr_truncated": err.truncated,
+        "timed_out": timed_out,
+        "duration_ms": round((time.monotonic() - started) * 1000, 3),
+    }
+
+
+CAPABILITIES = [
+    Capability(
+        CapabilityDefinition(
+            name="process.run",
+            category="process",
+            tags=["execute"],
+            purpose="Run a command in the workspace and return its exit code and output.",
+            when_to_use=(
+                "When you need a program's effect or output (build, test, inspect). A string runs through "
+                "/bin/sh -c; an array runs the program directly. A non-zero exit code is still a successful "
+                "invocation: check exit_code."
+            ),
+            inputs=[
+                InputSpec(
+                    name="command",
+                    type="string_or_array",
+                    required=True,
+                    description='A shell command line ("ls -la") or an argv array (["ls", "-la"]).',
+                ),
+                InputSpec(
+                    name="cwd",
+                    type="string",
+                    default="/workspace",
+                    description="The working directory, under /workspace (default /workspace).",
+                ),
+                InputSpec(
+                    name="env",
+                    type="object",
+                    default=None,
+                    description="Extra environment variables (strings), added to PATH, LANG and HOME.",
+                ),
+                InputSpec(
+                    name="timeout",
+                    type="number",
+                    default=None,
+                    description="Seconds before the process group is killed (default and maximum from the "
+                    "gateway configuration).",
+                ),
+            ],
+            outputs=[
+                OutputSpec(
+                    name="exit_code", type="integer", description="The exit code; -N if killed by signal N."
+                ),
+                OutputSpec(
+                    name="stdout",
+                    type="string",
+                    description="Standard output (UTF-8, invalid bytes replaced).",
+                ),
+                OutputSpec(
+                    name="stderr",
+                    type="string",
+                    description="Standard error (UTF-8, invalid bytes replaced).",
+                ),
+                OutputSpec(
+                    name="stdout_truncated",
+                    type="boolean",
+                    description="True if stdout was cut at the limit.",
+                ),
+                OutputSpec(
+                    name="stderr_truncated",
+                    type="boolean",
+                    description="True if stderr was cut at the limit.",
+                ),
+                OutputSpec(
+                    name="timed_out", type="boolean", description="True if the timeout killed the process."
+                ),
+                OutputSpec(
+                    name="duration_ms", type="number", description="Wall-clock run time in milliseconds."
+                ),
+            ],
+            permission_tier="execute",
+        ),
+        _run,
+    )
+]

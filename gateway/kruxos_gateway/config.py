@@ -1,0 +1,135 @@
+"""The gateway configuration file (/etc/kruxos/gateway.yaml), validated once at start-up.
+
+Every key is optional; docs/gateway.md documents each one. Unknown keys and wrong types are
+errors (``extra="forbid"``, strict types), reported as one line naming the key path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/kruxos/gateway.yaml")
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ListenConfig(_Section):
+    host: str = "0.0.0.0"
+    port: Annotated[int, Field(ge=0, le=65535)] = 7700
+
+
+class WorkspaceConfig(_Section):
+    root: Path = Path("/workspace")
+
+
+class LimitsConfig(_Section):
+    max_message_bytes: PositiveInt = 1_048_576
+    max_in_flight: PositiveInt = 64
+    handshake_timeout: PositiveFloat = 10.0
+    idle_timeout: PositiveFloat = 300.0
+    drain_timeout: Annotated[float, Field(ge=0)] = 10.0
+
+
+class AuthConfig(_Section):
+    failed_handshake_limit: PositiveInt = 10
+    failed_handshake_window: PositiveFloat = 60.0
+
+
+class FilesystemConfig(_Section):
+    max_read_bytes: PositiveInt = 10_485_760
+    max_write_bytes: PositiveInt = 10_485_760
+
+
+class ProcessConfig(_Section):
+    run_as_user: str | None = None
+    run_as_group: str | None = None
+    default_timeout: PositiveFloat = 60.0
+    max_timeout: PositiveFloat = 3600.0
+    max_output_bytes: PositiveInt = 1_048_576
+
+
+class NetworkConfig(_Section):
+    allow_hosts: list[str] = []
+    deny_hosts: list[str] = []
+    max_response_bytes: PositiveInt = 10_485_760
+    default_timeout: PositiveFloat = 30.0
+
+
+class GatewayConfig(_Section):
+    listen: ListenConfig = ListenConfig()
+    state_dir: Path = Path("/var/lib/kruxos")
+    workspace: WorkspaceConfig = WorkspaceConfig()
+    limits: LimitsConfig = LimitsConfig()
+    auth: AuthConfig = AuthConfig()
+    filesystem: FilesystemConfig = FilesystemConfig()
+    process: ProcessConfig = ProcessConfig()
+    network: NetworkConfig = NetworkConfig()
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "gateway.db"
+
+
+def parse_config(text: str, source: str = "<config>") -> GatewayConfig:
+    """Parse and validate YAML text; raise ``ConfigError`` with a one-line message."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    # YAML has no path type: accept strings for the Path fields, strictly everywhere else.
+    try:
+        return GatewayConfig.model_validate(_paths_as_path(raw))
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
+
+
+def _paths_as_path(raw: dict[str, object]) -> dict[str, object]:
+    out = dict(raw)
+    if isinstance(out.get("state_dir"), str):
+        out["state_dir"] = Path(str(out["state_dir"]))
+    workspace = out.get("workspace")
+    if isinstance(workspace, dict) and isinstance(workspace.get("root"), str):
+        out["workspace"] = {**workspace, "root": Path(workspace["root"])}
+    return out
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming the first bad key path and what is wrong with it."""
+    errors = exc.errors()
+    first = errors[0]
+    path = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        problem = "unknown key"
+    else:
+        problem = f"{first['msg']} (got {first['input']!r})"
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return f"{path}: {problem}{more}"
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read and validate the configuration file at ``path``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    return parse_config(text, str(path))

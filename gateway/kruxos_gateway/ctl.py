@@ -1,0 +1,246 @@
+"""``kruxosctl``: manage API keys and read the audit log and alerts of a KruxOS gateway.
+
+It works on the gateway's SQLite database directly (``state_dir/gateway.db``). Run as root while
+the state directory belongs to another user (the gateway's), it switches to that user first, so
+the files it creates stay the gateway's. Errors are one line on stderr and exit code 2; ``--debug``
+shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import pwd
+import re
+import sqlite3
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from . import store
+from .config import DEFAULT_CONFIG_PATH, load_config
+from .errors import ConfigError
+
+PROG = "kruxosctl"
+KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+FOLLOW_INTERVAL = 0.5
+
+
+class CtlError(Exception):
+    """A failure to report as one line: what failed, and a hint for what to do."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Manage a KruxOS gateway: keys, audit log, alerts."
+    )
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="gateway configuration file")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    keys = commands.add_parser("keys", help="create, list and revoke API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = key_commands.add_parser("create", help="create a key; prints only the key on stdout")
+    create.add_argument("name", help="a name for whoever uses the key, e.g. alice or build-agent")
+    create.add_argument(
+        "--output", type=Path, help="write the key to this file (mode 0600) instead of stdout"
+    )
+    key_commands.add_parser("list", help="list keys (never the keys themselves)")
+    revoke = key_commands.add_parser("revoke", help="revoke a key; its next handshake is refused")
+    revoke.add_argument("name")
+
+    audit = commands.add_parser("audit", help="read the audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    tail = audit_commands.add_parser("tail", help="show the last invocations")
+    tail.add_argument("-n", type=int, default=20, help="how many records (default 20)")
+    tail.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
+
+    alerts = commands.add_parser("alerts", help="show the last alerts")
+    alerts.add_argument("-n", type=int, default=20, help="how many alerts (default 20)")
+    return parser
+
+
+def _drop_privileges(state_dir: Path) -> None:
+    """As root, become the owner of ``state_dir`` (the gateway's user) if it is not root."""
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = state_dir.stat()
+    except FileNotFoundError:
+        return
+    if owner.st_uid == 0:
+        return
+    try:
+        user = pwd.getpwuid(owner.st_uid)
+        os.initgroups(user.pw_name, owner.st_gid)
+    except KeyError:
+        os.setgroups([])
+    os.setgid(owner.st_gid)
+    os.setuid(owner.st_uid)
+
+
+@contextlib.contextmanager
+def _database(state_dir: Path) -> Iterator[sqlite3.Connection]:
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        conn = store.connect(state_dir / "gateway.db")
+    except (OSError, sqlite3.Error) as exc:
+        raise CtlError(
+            f"cannot open the database in {state_dir}: {exc}",
+            "check state_dir in the configuration, and run as root or as the gateway's user",
+        ) from exc
+    try:
+        yield conn
+    except sqlite3.Error as exc:
+        raise CtlError(
+            f"database error: {exc}", "retry; if it persists, check the disk and permissions"
+        ) from exc
+    finally:
+        conn.close()
+
+
+def _open_output(path: Path) -> TextIO:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)
+    except OSError as exc:
+        raise CtlError(f"cannot write {path}: {exc.strerror}", "choose a writable path for --output") from exc
+    return os.fdopen(fd, "w")
+
+
+def _keys_create(conn: sqlite3.Connection, name: str, output: TextIO | None) -> None:
+    try:
+        key = store.create_key(conn, name)
+    except store.KeyExists:
+        raise CtlError(
+            f"a live key named {name!r} already exists", f"revoke it first (kruxosctl keys revoke {name})"
+        ) from None
+    if output is not None:
+        with output:
+            output.write(key + "\n")
+        print(f"created key {name!r}; written to {output.name}", file=sys.stderr)
+    else:
+        print(key)
+        print(f"created key {name!r}; it is shown only once: store it now", file=sys.stderr)
+
+
+def _table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _keys_list(conn: sqlite3.Connection) -> None:
+    keys = store.list_keys(conn)
+    if not keys:
+        print("no keys yet; create one with: kruxosctl keys create NAME", file=sys.stderr)
+        return
+    rows = [("NAME", "CREATED", "LAST USED", "REVOKED")]
+    rows += [(k.name, k.created_at, k.last_used_at or "never", k.revoked_at or "-") for k in keys]
+    _table(rows)
+
+
+def _keys_revoke(conn: sqlite3.Connection, name: str) -> None:
+    if not store.revoke_key(conn, name):
+        raise CtlError(
+            f"no live key named {name!r}", "kruxosctl keys list shows the keys and which are revoked"
+        )
+    print(f"revoked key {name!r}; its next handshake is refused", file=sys.stderr)
+
+
+def _audit_line(r: store.AuditRecord) -> str:
+    return (
+        f"{r.ts}  {r.key_name}  {r.capability}  {r.outcome}  {r.duration_ms:.1f}ms"
+        f"  inputs={r.inputs_sha256[:16]}  {r.invocation_id}"
+    )
+
+
+def _audit_tail(conn: sqlite3.Connection, n: int, follow: bool) -> None:
+    last_id = 0
+    for record in store.tail_audit(conn, n):
+        print(_audit_line(record))
+        last_id = record.id or last_id
+    if not follow:
+        return
+    if last_id == 0:
+        row = conn.execute("SELECT COALESCE(MAX(id), 0) FROM audit").fetchone()
+        last_id = int(row[0])
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            sys.stdout.flush()
+            time.sleep(FOLLOW_INTERVAL)
+            for record in store.tail_audit(conn, 1000, after_id=last_id):
+                print(_audit_line(record))
+                last_id = record.id or last_id
+
+
+def _alerts(conn: sqlite3.Connection, n: int) -> None:
+    for a in store.list_alerts(conn, n):
+        print(f"{a.ts}  {a.severity.upper():8}  {a.alert_id}  {a.key_name}  {a.title}: {a.message}")
+
+
+def run(args: argparse.Namespace) -> None:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        raise CtlError(str(exc), "pass the gateway's configuration with --config FILE") from None
+    if (
+        args.command == "keys"
+        and args.keys_command in ("create", "revoke")
+        and not KEY_NAME.fullmatch(args.name)
+    ):
+        raise CtlError(
+            f"invalid key name {args.name!r}",
+            "use 1-64 letters, digits, '.', '_', '-' or '@', starting with a letter or digit",
+        )
+    for option in ("n",):
+        if getattr(args, option, 1) < 1:
+            raise CtlError("-n must be at least 1")
+    # Opened before dropping privileges: root may write where the gateway's user may not.
+    output = _open_output(args.output) if getattr(args, "output", None) else None
+    _drop_privileges(config.state_dir)
+    with _database(config.state_dir) as conn:
+        if args.command == "keys":
+            if args.keys_command == "create":
+                _keys_create(conn, args.name, output)
+            elif args.keys_command == "list":
+                _keys_list(conn)
+            else:
+                _keys_revoke(conn, args.name)
+        elif args.command == "audit":
+            _audit_tail(conn, args.n, args.follow)
+        else:
+            _alerts(conn, args.n)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        run(args)
+    except CtlError as exc:
+        if args.debug:
+            raise
+        hint = f"; hint: {exc.hint}" if exc.hint else ""
+        print(f"{PROG}: error: {exc.message}{hint}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"{PROG}: error: {type(exc).__name__}: {exc}; hint: rerun with --debug for details",
+            file=sys.stderr,
+        )
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""The thin websockets adapter: HTTP health, handshake auth, and one task per request.
+
+Everything a frame means is decided by ``protocol.Session`` and ``app.Gateway``; this module only
+moves bytes, enforces the timeouts and runs the shutdown sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import functools
+import json
+import logging
+import re
+import secrets
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+from . import protocol, store
+from ._version import PROTOCOL, __version__
+from .app import Caller, Gateway
+from .config import GatewayConfig
+from .db import Database
+from .models import ErrorInfo, HelloFrame, Limits, RecoveryAction, RequestFrame, ServerFrame
+from .ratelimit import HandshakeLimiter
+
+log = logging.getLogger(__name__)
+
+SUPERVISION_PATHS = frozenset({"/", "/v1/supervision"})
+_BEARER = re.compile(r"Bearer ([0-9a-f]{64})")
+# websockets itself drops frames past this many times max_message_bytes (close 1009, no error
+# frame); frames between the limit and this get a message_too_large error frame first.
+HARD_SIZE_FACTOR = 4
+KEEPALIVE_INTERVAL = 20.0
+
+
+class _Connection(ServerConnection):
+    """A connection that remembers when the client last sent a frame (pongs excluded)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_activity = time.monotonic()
+
+    def process_event(self, event: Any) -> None:
+        # Our keepalive pings are answered by pongs: those must not keep an idle client alive.
+        if isinstance(event, Frame) and event.opcode is not Opcode.PONG:
+            self.last_activity = time.monotonic()
+        super().process_event(event)
+
+
+@dataclass(eq=False)
+class _Live:
+    connection: _Connection
+    session: protocol.Session
+    caller: Caller
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+def _json_response(
+    status: HTTPStatus, body: dict[str, Any], headers: tuple[tuple[str, str], ...] = ()
+) -> Response:
+    data = json.dumps(body).encode("utf-8")
+    return Response(
+        status.value,
+        status.phrase,
+        Headers(
+            [
+                ("Date", email.utils.formatdate(usegmt=True)),
+                ("Connection", "close"),
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(data))),
+                *headers,
+            ]
+        ),
+        data,
+    )
+
+
+def _refusal(status: HTTPStatus, error_type: str, message: str, action: str, description: str) -> Response:
+    info = ErrorInfo(
+        type=error_type, message=message, recovery=[RecoveryAction(action=action, description=description)]
+    )
+    return _json_response(status, {"error": info.model_dump(mode="json")})
+
+
+class GatewayServer:
+    """The gateway's listening socket and its connections."""
+
+    def __init__(self, config: GatewayConfig, db: Database, app: Gateway) -> None:
+        self.config = config
+        self.db = db
+        self.app = app
+        self.limiter = HandshakeLimiter(
+            config.auth.failed_handshake_limit, config.auth.failed_handshake_window
+        )
+        self.draining = False
+        self._server: Server | None = None
+        self._authenticated: dict[ServerConnection, str] = {}
+        self._live: set[_Live] = set()
+
+    async def start(self) -> None:
+        limits = self.config.limits
+        self._server = await serve(
+            self._handle,
+            self.config.listen.host,
+            self.config.listen.port,
+            process_request=self._process_request,
+            subprotocols=[Subprotocol(PROTOCOL)],
+            create_connection=_Connection,
+            max_size=limits.max_message_bytes * HARD_SIZE_FACTOR,
+            open_timeout=limits.handshake_timeout,
+            ping_interval=KEEPALIVE_INTERVAL,
+            ping_timeout=KEEPALIVE_INTERVAL,
+            server_header=f"kruxos-gateway/{__version__}",
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The host and port actually listened on (the port is real even if 0 was configured)."""
+        assert self._server is not None
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return str(host), int(port)
+
+    # --- handshake ------------------------------------------------------------------------------
+
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urllib.parse.urlsplit(request.path).path
+        if path == "/health":
+            if self.draining:
+                return _json_response(
+                    HTTPStatus.SERVICE_UNAVAILABLE, {"status": "draining", "version": __version__}
+                )
+            return _json_response(HTTPStatus.OK, {"status": "ok", "version": __version__})
+        if path not in SUPERVISION_PATHS:
+            return _refusal(
+                HTTPStatus.NOT_FOUND,
+                "not_found",
+                f"nothing is served at {path}",
+                "use_supervision_path",
+                "connect to /v1/supervision (or GET /health)",
+            )
+        if self.draining:
+            return _refusal(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the gateway is shutting down",
+                "reconnect_later",
+                "reconnect once the gateway is back",
+            )
+        address = str(connection.remote_address[0]) if connection.remote_address else "unknown"
+        retry_after = self.limiter.retry_after(address)
+        if retry_after is not None:
+            response = _refusal(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                "rate_limited",
+                f"too many failed handshakes from {address}; retry in {retry_after} s",
+                "wait",
+                f"wait {retry_after} seconds, then connect with a valid API key",
+            )
+            response.headers["Retry-After"] = str(retry_after)
+            return response
+        offered = [
+            p.strip() for value in request.headers.get_all("Sec-WebSocket-Protocol") for p in value.split(",")
+        ]
+        if PROTOCOL not in offered:
+            return _refusal(
+                HTTPStatus.UPGRADE_REQUIRED,
+                "unsupported_protocol",
+                f"the gateway speaks the subprotocol {PROTOCOL}; offered: {', '.join(offered) or 'none'}",
+                "offer_subprotocol",
+                f"send Sec-WebSocket-Protocol: {PROTOCOL}",
+            )
+        values = request.headers.get_all("Authorization")
+        if not values:
+            self.limiter.record_failure(address)
+            return _refusal(
+                HTTPStatus.UNAUTHORIZED,
+                "authentication_failed",
+                "no API key was sent",
+                "send_key",
+                "send Authorization: Bearer <key>, a key from `kruxosctl keys create NAME`",
+            )
+        match = _BEARER.fullmatch(values[0]) if len(values) == 1 else None
+        if match is None:
+            self.limiter.record_failure(address)
+            return _refusal(
+                HTTPStatus.BAD_REQUEST,
+                "bad_request",
+                "malformed Authorization header: expected 'Bearer ' and 64 lowercase hex characters",
+                "fix_header",
+                "send exactly one header: Authorization: Bearer <64 lowercase hex characters>",
+            )
+        key_name = await self.db.run(functools.partial(store.authenticate, key=match.group(1)))
+        if key_name is None:
+            self.limiter.record_failure(address)
+            log.info("refused handshake from %s: invalid or revoked API key", address)
+            return _refusal(
+                HTTPStatus.UNAUTHORIZED,
+                "authentication_failed",
+                "invalid or revoked API key",
+                "check_key",
+                "ask the operator for a valid key (kruxosctl keys list shows which exist)",
+            )
+        self._authenticated[connection] = key_name
+        return None
+
+    # --- connections ----------------------------------------------------------------------------
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        assert isinstance(connection, _Connection)
+        key_name = self._authenticated.pop(connection)
+        if self.draining:
+            await connection.close(protocol.CLOSE_GOING_AWAY, "draining")
+            return
+        limits = self.config.limits
+        live = _Live(
+            connection,
+            protocol.Session(max_message_bytes=limits.max_message_bytes, max_in_flight=limits.max_in_flight),
+            Caller(key_name=key_name, session_id=secrets.token_hex(16)),
+        )
+        self._live.add(live)
+        log.info(
+            "session %s opened for key %s from %s",
+            live.caller.session_id,
+            key_name,
+            connection.remote_address,
+        )
+        hello = HelloFrame(
+            protocol=PROTOCOL,
+            gateway_version=__version__,
+            session_id=live.caller.session_id,
+            key_name=key_name,
+            limits=Limits(
+                max_message_bytes=limits.max_message_bytes,
+                max_in_flight=limits.max_in_flight,
+                idle_timeout=limits.idle_timeout,
+            ),
+        )
+        idle = asyncio.create_task(self._close_when_idle(live))
+        try:
+            await self._send(connection, hello)
+            async for message in connection:
+                action = live.session.receive(message)
+                if isinstance(action, protocol.Reply):
+                    await self._send(connection, action.frame)
+                    if action.close_code is not None:
+                        await connection.close(action.close_code, action.close_reason)
+                        break
+                else:
+                    task = asyncio.create_task(self._answer(live, action.request))
+                    live.tasks.add(task)
+                    task.add_done_callback(live.tasks.discard)
+        except ConnectionClosed:
+            pass
+        finally:
+            idle.cancel()
+            self._live.discard(live)
+            for task in live.tasks:
+                task.cancel()
+            await asyncio.gather(idle, *live.tasks, return_exceptions=True)
+            log.info("session %s closed (%s)", live.caller.session_id, connection.close_code)
+
+    async def _answer(self, live: _Live, request: RequestFrame) -> None:
+        try:
+            frame = await self.app.handle(live.caller, request)
+        finally:
+            live.session.complete(request.id)
+        await self._send(live.connection, frame)
+
+    async def _send(self, connection: ServerConnection, frame: ServerFrame) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await connection.send(protocol.encode(frame))
+
+    async def _close_when_idle(self, live: _Live) -> None:
+        timeout = self.config.limits.idle_timeout
+        while True:
+            remaining = live.connection.last_activity + timeout - time.monotonic()
+            if remaining <= 0 and not live.session.in_flight:
+                log.info("session %s idle for %s s; closing", live.caller.session_id, timeout)
+                await live.connection.close(protocol.CLOSE_GOING_AWAY, "idle timeout")
+                return
+            await asyncio.sleep(max(remaining, 0.05))
+
+    # --- shutdown -------------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Drain: refuse new work, tell clients, let requests finish, then close with 1001."""
+        if self.draining or self._server is None:
+            return
+        self.draining = True
+        live = list(self._live)
+        log.info("draining: %d connection(s), up to %s s", len(live), self.config.limits.drain_timeout)
+        for conn in live:
+            conn.session.draining = True
+        await asyncio.gather(*(self._send(c.connection, protocol.shutdown_event()) for c in live))
+        pending = [task for conn in live for task in conn.tasks]
+        if pending:
+            _, unfinished = await asyncio.wait(pending, timeout=self.config.limits.drain_timeout)
+            if unfinished:
+                log.warning("drain timeout: cancelling %d request(s) still in flight", len(unfinished))
+        self._server.close()  # closes open connections with 1001 and stops listening
+        await self._server.wait_closed()
+
+    async def wait_closed(self) -> None:
+        assert self._server is not None
+        await self._server.wait_closed()

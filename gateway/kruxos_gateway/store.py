@@ -1,0 +1,230 @@
+"""The gateway's SQLite schema and queries: API keys, the audit log and alerts.
+
+Plain synchronous functions of a ``sqlite3.Connection``. The gateway runs them on its database
+thread (``db.Database``); ``kruxosctl`` calls them directly. Each write commits before returning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS keys (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    key_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    last_used_at TEXT,
+    revoked_at TEXT
+);
+-- A name is unique among live keys; a revoked key's name can be given to a new key.
+CREATE UNIQUE INDEX IF NOT EXISTS keys_live_name ON keys(name) WHERE revoked_at IS NULL;
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    ts TEXT NOT NULL,
+    key_name TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    invocation_id TEXT NOT NULL,
+    capability TEXT NOT NULL,
+    inputs_sha256 TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    duration_ms REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY,
+    alert_id TEXT NOT NULL UNIQUE,
+    ts TEXT NOT NULL,
+    key_name TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    title TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+"""
+
+
+class KeyExists(Exception):
+    """A live key with that name already exists."""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) the database at ``path`` and bring its schema up to date."""
+    conn = sqlite3.connect(path, timeout=5.0, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    # WAL lets kruxosctl read while the gateway writes.
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+        with conn:
+            conn.executescript(_SCHEMA)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    return conn
+
+
+def now() -> str:
+    """The current UTC time as ISO 8601 with milliseconds, e.g. ``2026-11-27T14:30:00.123Z``."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+# --- API keys -----------------------------------------------------------------------------------
+
+
+def hash_key(key: str) -> str:
+    # Keys are 256 bits from `secrets`, not passwords a person chose: no dictionary or brute-force
+    # attack applies, so a fast hash is as strong as bcrypt/argon2 here, and keeps every handshake
+    # cheap (a slow KDF per handshake would hand attackers a CPU-exhaustion lever).
+    return hashlib.sha256(key.encode("ascii")).hexdigest()
+
+
+def create_key(conn: sqlite3.Connection, name: str) -> str:
+    """Create a key named ``name``; return the key itself (only its hash is stored)."""
+    key = secrets.token_hex(32)
+    try:
+        with conn:
+            conn.execute(
+                "INSERT INTO keys (name, key_hash, created_at) VALUES (?, ?, ?)", (name, hash_key(key), now())
+            )
+    except sqlite3.IntegrityError:
+        raise KeyExists(name) from None
+    return key
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    name: str
+    created_at: str
+    last_used_at: str | None
+    revoked_at: str | None
+
+
+def list_keys(conn: sqlite3.Connection) -> list[KeyRecord]:
+    rows = conn.execute("SELECT name, created_at, last_used_at, revoked_at FROM keys ORDER BY id").fetchall()
+    return [KeyRecord(r["name"], r["created_at"], r["last_used_at"], r["revoked_at"]) for r in rows]
+
+
+def revoke_key(conn: sqlite3.Connection, name: str) -> bool:
+    """Revoke the live key named ``name``; return whether there was one."""
+    with conn:
+        cursor = conn.execute(
+            "UPDATE keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now(), name)
+        )
+    return cursor.rowcount > 0
+
+
+def authenticate(conn: sqlite3.Connection, key: str) -> str | None:
+    """The name of the live key ``key``, recording its use; ``None`` if unknown or revoked."""
+    digest = hash_key(key)
+    row = conn.execute(
+        "SELECT id, name, key_hash, revoked_at FROM keys WHERE key_hash = ?", (digest,)
+    ).fetchone()
+    if row is None or row["revoked_at"] is not None or not hmac.compare_digest(row["key_hash"], digest):
+        return None
+    with conn:
+        conn.execute("UPDATE keys SET last_used_at = ? WHERE id = ?", (now(), row["id"]))
+    return str(row["name"])
+
+
+# --- audit --------------------------------------------------------------------------------------
+
+
+def inputs_digest(inputs: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of the inputs (sorted keys, no spaces, UTF-8)."""
+    canonical = json.dumps(inputs, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    ts: str
+    key_name: str
+    session_id: str
+    invocation_id: str
+    capability: str
+    inputs_sha256: str
+    outcome: str  # "success" or the error type
+    duration_ms: float
+    id: int | None = None
+
+
+def append_audit(conn: sqlite3.Connection, record: AuditRecord) -> None:
+    with conn:
+        conn.execute(
+            "INSERT INTO audit (ts, key_name, session_id, invocation_id, capability, inputs_sha256, outcome,"
+            " duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.ts,
+                record.key_name,
+                record.session_id,
+                record.invocation_id,
+                record.capability,
+                record.inputs_sha256,
+                record.outcome,
+                record.duration_ms,
+            ),
+        )
+
+
+def tail_audit(conn: sqlite3.Connection, limit: int, after_id: int = 0) -> list[AuditRecord]:
+    """The last ``limit`` records with an id above ``after_id``, oldest first."""
+    rows = conn.execute(
+        "SELECT * FROM (SELECT * FROM audit WHERE id > ? ORDER BY id DESC LIMIT ?) ORDER BY id",
+        (after_id, limit),
+    ).fetchall()
+    return [
+        AuditRecord(
+            ts=r["ts"],
+            key_name=r["key_name"],
+            session_id=r["session_id"],
+            invocation_id=r["invocation_id"],
+            capability=r["capability"],
+            inputs_sha256=r["inputs_sha256"],
+            outcome=r["outcome"],
+            duration_ms=r["duration_ms"],
+            id=r["id"],
+        )
+        for r in rows
+    ]
+
+
+# --- alerts -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    alert_id: str
+    ts: str
+    key_name: str
+    severity: str
+    title: str
+    message: str
+
+
+def insert_alert(
+    conn: sqlite3.Connection, key_name: str, severity: str, title: str, message: str
+) -> AlertRecord:
+    record = AlertRecord("alt_" + secrets.token_hex(8), now(), key_name, severity, title, message)
+    with conn:
+        conn.execute(
+            "INSERT INTO alerts (alert_id, ts, key_name, severity, title, message) VALUES (?, ?, ?, ?, ?, ?)",
+            (record.alert_id, record.ts, record.key_name, record.severity, record.title, record.message),
+        )
+    return record
+
+
+def list_alerts(conn: sqlite3.Connection, limit: int) -> list[AlertRecord]:
+    rows = conn.execute(
+        "SELECT * FROM (SELECT * FROM alerts ORDER BY id DESC LIMIT ?) ORDER BY id", (limit,)
+    ).fetchall()
+    return [
+        AlertRecord(r["alert_id"], r["ts"], r["key_name"], r["severity"], r["title"], r["message"])
+        for r in rows
+    ]

@@ -1,0 +1,152 @@
+"""Booting the built image in QEMU: UEFI (OVMF), a snapshot=on disk, SSH and gateway ports forwarded.
+
+KVM is used only when a quick probe shows it really runs a guest; otherwise TCG (``-accel tcg -cpu max``).
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BuildError
+
+OVMF_PAIRS = (
+    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+)
+QEMU = "qemu-system-x86_64"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _firmware() -> tuple[str, str]:
+    for code, variables in OVMF_PAIRS:
+        if Path(code).exists() and Path(variables).exists():
+            return code, variables
+    raise BuildError("no UEFI firmware for QEMU (OVMF) found", hint="apt-get install ovmf")
+
+
+@functools.cache
+def kvm_works() -> bool:
+    """Whether KVM runs a guest here: the firmware must still be running after two seconds."""
+    if not Path("/dev/kvm").exists() or shutil.which(QEMU) is None:
+        return False
+    code, _ = _firmware()
+    try:
+        result = subprocess.run(
+            [QEMU, "-accel", "kvm", "-cpu", "host", "-machine", "q35", "-nodefaults", "-display", "none",
+             "-m", "128", "-no-reboot", "-drive", f"if=pflash,format=raw,readonly=on,file={code}"],
+            capture_output=True, timeout=2, stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        return True  # still running: KVM works
+    return result.returncode == 0 and False
+
+
+@dataclass(frozen=True)
+class Ports:
+    ssh: int
+    gateway: int
+
+
+def command(image: Path, ports: Ports, *, guest_gateway_port: int, variables: Path, serial: str,
+            memory_mb: int = 2048) -> list[str]:
+    """The QEMU command line. ``serial`` is a QEMU chardev spec ("mon:stdio" or "file:PATH")."""
+    code, _ = _firmware()
+    accel = ["-accel", "kvm", "-cpu", "host"] if kvm_works() else ["-accel", "tcg", "-cpu", "max"]
+    return [
+        QEMU, "-machine", "q35", *accel, "-smp", "2", "-m", str(memory_mb),
+        "-nodefaults", "-display", "none", "-no-reboot",
+        "-serial", serial,
+        "-drive", f"if=pflash,format=raw,readonly=on,file={code}",
+        "-drive", f"if=pflash,format=raw,file={variables}",
+        # snapshot=on: writes go to a temporary overlay, the built image is never modified
+        "-drive", f"if=virtio,format=raw,file={image},snapshot=on",
+        "-netdev", (f"user,id=net0,hostfwd=tcp:127.0.0.1:{ports.ssh}-:22,"
+                    f"hostfwd=tcp:127.0.0.1:{ports.gateway}-:{guest_gateway_port}"),
+        "-device", "virtio-net-pci,netdev=net0",
+        "-device", "virtio-rng-pci",
+    ]
+
+
+def wait_for_ssh(port: int, deadline: float) -> None:
+    """Until sshd's banner answers on the forwarded port (QEMU accepts connections before sshd runs)."""
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.settimeout(5)
+                if s.recv(64).startswith(b"SSH-"):
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"SSH did not answer on port {port}")
+
+
+@dataclass
+class Vm:
+    """A running guest: its ports, serial log and QEMU process."""
+
+    process: subprocess.Popen[bytes]
+    ports: Ports
+    serial_log: Path
+    started: float
+
+
+@contextmanager
+def running(image: Path, *, guest_gateway_port: int, workdir: Path | None = None) -> Iterator[Vm]:
+    """Boot ``image`` in the background (serial console to a log file); stop QEMU on exit."""
+    if shutil.which(QEMU) is None:
+        raise BuildError(f"{QEMU} is not installed", hint="apt-get install qemu-system-x86 ovmf")
+    with tempfile.TemporaryDirectory(prefix="kruxos-vm-", dir=workdir) as tmp:
+        _, variables_template = _firmware()
+        variables = Path(tmp) / "OVMF_VARS.fd"
+        shutil.copyfile(variables_template, variables)
+        ports = Ports(ssh=free_port(), gateway=free_port())
+        serial_log = Path(tmp) / "serial.log"
+        cmd = command(image, ports, guest_gateway_port=guest_gateway_port, variables=variables,
+                      serial=f"file:{serial_log}")
+        started = time.monotonic()
+        process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=(Path(tmp) / "qemu.log").open("wb"))
+        try:
+            yield Vm(process=process, ports=ports, serial_log=serial_log, started=started)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def interactive(image: Path, *, guest_gateway_port: int) -> int:
+    """``build.py boot``: the serial console on this terminal (Ctrl-A X quits)."""
+    if shutil.which(QEMU) is None:
+        raise BuildError(f"{QEMU} is not installed", hint="apt-get install qemu-system-x86 ovmf")
+    with tempfile.TemporaryDirectory(prefix="kruxos-vm-") as tmp:
+        _, variables_template = _firmware()
+        variables = Path(tmp) / "OVMF_VARS.fd"
+        shutil.copyfile(variables_template, variables)
+        ports = Ports(ssh=free_port(), gateway=free_port())
+        accel = "KVM" if kvm_works() else "TCG (no usable KVM: slower)"
+        print(f"booting {image} (disk snapshot=on: changes are discarded) with {accel}")
+        print(f"  ssh:     ssh -p {ports.ssh} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+              f"root@127.0.0.1")
+        print(f"  gateway: http://127.0.0.1:{ports.gateway}/health  (guest port {guest_gateway_port})")
+        print("  console: this terminal; quit with Ctrl-A X", flush=True)
+        cmd = command(image, ports, guest_gateway_port=guest_gateway_port, variables=variables,
+                      serial="mon:stdio")
+        return subprocess.run(cmd, check=False).returncode

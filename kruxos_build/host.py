@@ -1,0 +1,119 @@
+"""The build host's tools: find what is missing and install it with apt (Debian 12 or 13).
+
+Debian 12 needs bookworm-backports for mkosi 24 and the systemd 254 tools it uses; Debian 13 has them in main.
+Without root nothing is installed: the error names the one command to run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BuildError
+
+BACKPORTS_LIST = Path("/etc/apt/sources.list.d/bookworm-backports.list")
+OVMF_CODE = ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE.fd")
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A command the build needs, the package that ships it, and whether that comes from backports on 12."""
+
+    command: str
+    package: str
+    backports: bool = False
+
+
+# mkosi builds the image; the rest are the programs mkosi and build.py call.
+BUILD_TOOLS = (
+    Tool("mkosi", "mkosi", backports=True),
+    Tool("systemd-repart", "systemd", backports=True),  # partitions the disk image (254+ for mkosi 24)
+    Tool("bootctl", "systemd-boot", backports=True),  # mkosi installs systemd-boot with it
+    Tool("depmod", "kmod", backports=True),
+    Tool("mkfs.vfat", "dosfstools"),  # the ESP
+    Tool("mcopy", "mtools"),  # systemd-repart fills the ESP with it
+    Tool("mkfs.ext4", "e2fsprogs"),  # the root file system
+    Tool("cpio", "cpio"),  # the initrd
+    Tool("zstd", "zstd"),
+    Tool("bmaptool", "bmap-tools"),
+    Tool("ssh-keygen", "openssh-client"),  # the dev profile's build key
+)
+# Python modules the host's /usr/bin/python3 needs: mkosi runs ukify with it to build the UKI.
+HOST_PYTHON_MODULES = (("pefile", "python3-pefile"),)
+BOOT_TOOLS = (Tool("qemu-system-x86_64", "qemu-system-x86"),)
+
+
+def debian_version() -> int | None:
+    try:
+        text = Path("/etc/os-release").read_text()
+    except OSError:
+        return None
+    fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    if fields.get("ID") != "debian":
+        return None
+    try:
+        return int(fields.get("VERSION_ID", "").strip('"'))
+    except ValueError:
+        return None
+
+
+def _python_has(module: str) -> bool:
+    result = subprocess.run(["/usr/bin/python3", "-c", f"import {module}"], capture_output=True, check=False)
+    return result.returncode == 0
+
+
+def missing_packages(tools: tuple[Tool, ...], *, boot: bool = False) -> tuple[list[str], list[str]]:
+    """(packages from the main archive, packages from backports) that provide missing tools."""
+    version = debian_version()
+    main: list[str] = []
+    backports: list[str] = []
+    for tool in tools:
+        if shutil.which(tool.command, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None:
+            (backports if tool.backports and version == 12 else main).append(tool.package)
+    for module, package in HOST_PYTHON_MODULES:
+        if not boot and not _python_has(module):
+            main.append(package)
+    if boot and not any(Path(p).exists() for p in OVMF_CODE):
+        main.append("ovmf")
+    if not boot and version == 12:
+        # trixie's archive keys are in bookworm's keyring since 2023.3+deb12u1: keep it current
+        main.append("debian-archive-keyring")
+    return sorted(set(main)), sorted(set(backports))
+
+
+def install_command(main: list[str], backports: list[str]) -> str:
+    parts = []
+    if backports and not BACKPORTS_LIST.exists():
+        parts.append(f"echo 'deb http://deb.debian.org/debian bookworm-backports main' > {BACKPORTS_LIST}")
+    parts.append("apt-get update")
+    if backports:
+        parts.append("apt-get install -y --no-install-recommends -t bookworm-backports " + " ".join(backports))
+    if main:
+        parts.append("apt-get install -y --no-install-recommends " + " ".join(main))
+    return " && ".join(parts)
+
+
+def ensure(*, boot: bool = False) -> list[str]:
+    """Install what is missing (root) or fail with the command to run. Returns the installed packages."""
+    if debian_version() not in (12, 13):
+        if shutil.which("mkosi") is None:
+            raise BuildError("this host is not Debian 12 or 13 and has no mkosi",
+                             hint="install mkosi (>= 24) and its tools with your distribution's package manager")
+        return []
+    main, backports = missing_packages(BOOT_TOOLS if boot else BUILD_TOOLS, boot=boot)
+    if main == ["debian-archive-keyring"] and not backports:
+        main = []  # nothing is missing; the keyring is refreshed only alongside a real install
+    if not main and not backports:
+        return []
+    command = install_command(main, backports)
+    if os.geteuid() != 0:
+        raise BuildError("build tools are missing: " + " ".join(main + backports), hint=f"as root: {command}")
+    result = subprocess.run(["sh", "-c", command], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            check=False, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BuildError(f"installing build tools failed: {last}", hint=f"run it by hand: {command}")
+    return main + backports

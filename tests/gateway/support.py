@@ -1,0 +1,209 @@
+"""Test support: a real gateway on loopback port 0, a small client, and deadline polling.
+
+Every wait is bounded by ``timeout(seconds)``, scaled by one factor from the environment
+(``KRUXOS_TEST_TIMEOUT_FACTOR``, default 1) for slow machines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kruxos_gateway import store
+from kruxos_gateway.app import Gateway
+from kruxos_gateway.capabilities import default_registry
+from kruxos_gateway.config import GatewayConfig
+from kruxos_gateway.db import Database
+from kruxos_gateway.server import GatewayServer
+from websockets.asyncio.client import ClientConnection, connect
+
+TIMEOUT_FACTOR = float(os.environ.get("KRUXOS_TEST_TIMEOUT_FACTOR", "1"))
+
+
+def timeout(seconds: float) -> float:
+    """A time limit for one wait, scaled for slow machines."""
+    return seconds * TIMEOUT_FACTOR
+
+
+def wait_until(predicate: Callable[[], bool], seconds: float = 5.0, interval: float = 0.01) -> None:
+    """Poll ``predicate`` until true; fail after the scaled deadline."""
+    deadline = time.monotonic() + timeout(seconds)
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout(seconds)} s")
+        time.sleep(interval)
+
+
+def make_config(tmp_path: Path, **sections: dict[str, Any]) -> GatewayConfig:
+    """A configuration listening on 127.0.0.1:0 with its workspace and state under ``tmp_path``."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir(exist_ok=True)
+    raw: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "state_dir": tmp_path / "state",
+        "workspace": {"root": workspace},
+    }
+    for name, values in sections.items():
+        raw[name] = {**raw.get(name, {}), **values}
+    (tmp_path / "state").mkdir(exist_ok=True)
+    return GatewayConfig.model_validate(raw)
+
+
+async def eventually(predicate: Callable[[], bool], seconds: float = 5.0, interval: float = 0.01) -> None:
+    """Poll ``predicate`` without blocking the event loop; fail after the scaled deadline."""
+    deadline = time.monotonic() + timeout(seconds)
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout(seconds)} s")
+        await asyncio.sleep(interval)
+
+
+class Client:
+    """A supervision connection that sends requests and reads frames as dicts."""
+
+    def __init__(self, ws: ClientConnection, hello: dict[str, Any]) -> None:
+        self.ws = ws
+        self.hello = hello
+        self._ids = 0
+
+    async def send(self, frame: dict[str, Any] | str | bytes) -> None:
+        await self.ws.send(json.dumps(frame) if isinstance(frame, dict) else frame)
+
+    async def recv(self, seconds: float = 5.0) -> dict[str, Any]:
+        message = await asyncio.wait_for(self.ws.recv(), timeout(seconds))
+        assert isinstance(message, str), "the gateway sends text frames only"
+        frame: dict[str, Any] = json.loads(message)
+        return frame
+
+    def next_id(self) -> str:
+        self._ids += 1
+        return str(self._ids)
+
+    async def send_request(self, method: str, params: dict[str, Any] | None = None) -> str:
+        request_id = self.next_id()
+        frame: dict[str, Any] = {"type": "request", "id": request_id, "method": method}
+        if params is not None:
+            frame["params"] = params
+        await self.send(frame)
+        return request_id
+
+    async def request(
+        self, method: str, params: dict[str, Any] | None = None, seconds: float = 5.0
+    ) -> dict[str, Any]:
+        request_id = await self.send_request(method, params)
+        frame = await self.recv(seconds)
+        assert frame.get("id") == request_id, frame
+        return frame
+
+    async def invoke(self, name: str, seconds: float = 5.0, **inputs: Any) -> dict[str, Any]:
+        """The answer frame to ``capabilities.invoke``."""
+        return await self.request("capabilities.invoke", {"name": name, "inputs": inputs}, seconds)
+
+    async def result(self, name: str, **inputs: Any) -> dict[str, Any]:
+        """The ``InvocationResult`` of an invocation that ran (fails on an error frame)."""
+        frame = await self.invoke(name, **inputs)
+        assert frame["type"] == "response", frame
+        result: dict[str, Any] = frame["result"]
+        return result
+
+    async def data(self, name: str, **inputs: Any) -> dict[str, Any]:
+        """The data of an invocation that succeeded."""
+        result = await self.result(name, **inputs)
+        assert result["success"], result
+        data: dict[str, Any] = result["data"]
+        return data
+
+    async def closed(self, seconds: float = 5.0) -> tuple[int | None, str | None]:
+        """Wait for the gateway to close the connection; return the code and reason it sent."""
+        with contextlib.suppress(Exception):
+            while True:
+                await asyncio.wait_for(self.ws.recv(), timeout(seconds))
+        rcvd = self.ws.protocol.close_rcvd
+        return (rcvd.code, rcvd.reason) if rcvd is not None else (None, None)
+
+
+@dataclass
+class RunningGateway:
+    server: GatewayServer
+    db: Database
+    config: GatewayConfig
+    key: str
+
+    @property
+    def port(self) -> int:
+        return self.server.address[1]
+
+    @property
+    def workspace(self) -> Path:
+        return self.config.workspace.root
+
+    def url(self, path: str = "/v1/supervision") -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    async def create_key(self, name: str) -> str:
+        return await self.db.run(functools.partial(store.create_key, name=name))
+
+    async def revoke_key(self, name: str) -> bool:
+        return await self.db.run(functools.partial(store.revoke_key, name=name))
+
+    def connect_raw(self, key: str | None = None, path: str = "/v1/supervision", **kwargs: Any) -> Any:
+        headers = {"Authorization": f"Bearer {key if key is not None else self.key}"}
+        kwargs.setdefault("subprotocols", ["kruxos.v1"])
+        kwargs.setdefault("open_timeout", timeout(5))
+        return connect(self.url(path), additional_headers=headers, **kwargs)
+
+    @contextlib.asynccontextmanager
+    async def client(self, key: str | None = None, **kwargs: Any) -> AsyncIterator[Client]:
+        async with self.connect_raw(key, **kwargs) as ws:
+            hello = json.loads(await asyncio.wait_for(ws.recv(), timeout(5)))
+            assert hello["type"] == "hello", hello
+            yield Client(ws, hello)
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(config: GatewayConfig) -> AsyncIterator[RunningGateway]:
+    """A real gateway on 127.0.0.1, port chosen by the kernel, with one key named alice."""
+    db = Database(config.db_path)
+    db.start()
+    try:
+        key = await db.run(functools.partial(store.create_key, name="alice"))
+        server = GatewayServer(config, db, Gateway(config, db, default_registry()))
+        await server.start()
+        try:
+            yield RunningGateway(server, db, config, key)
+        finally:
+            await server.shutdown()
+    finally:
+        await db.close()
+
+
+async def http_get(
+    port: int, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """A plain HTTP/1.1 GET (no upgrade); returns status, headers and body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), timeout(5))
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parsed = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        parsed[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), parsed, body

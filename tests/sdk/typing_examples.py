@@ -1,0 +1,85 @@
+"""SDK usage as a type checker sees it: ``mypy --strict tests/sdk/typing_examples.py`` must pass.
+
+Never run, only type-checked (tests/sdk/test_sdk_typing.py runs mypy on it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, assert_type
+
+from kruxos import (
+    Agent,
+    AsyncAgent,
+    CapabilityError,
+    ConfigurationError,
+    GatewayConnectionError,
+    KruxOS,
+    KruxOSError,
+    RateLimited,
+    RequestTimeout,
+)
+from kruxos.errors import ApprovalRequired, InvalidInput, PolicyDenied
+from kruxos.models import (
+    CapabilityDefinition,
+    CapabilityInput,
+    ErrorResponse,
+    InvocationResult,
+    RecoveryAction,
+)
+
+
+async def async_usage() -> None:
+    async with KruxOS.connect_async("localhost:7700", api_key="0" * 64, request_timeout=30) as agent:
+        assert_type(agent, AsyncAgent)
+        caps = await agent.capabilities.list(category="filesystem", tag="safe")
+        assert_type(caps, list[CapabilityDefinition])
+        cap = await agent.capabilities.describe("filesystem.read")
+        first: CapabilityInput = cap.inputs[0]
+        tier: str = cap.permission_tier
+        result = await agent.capabilities.invoke("filesystem.read", path="/workspace/a.txt")
+        assert_type(result, InvocationResult)
+        if result.success:
+            content: Any = result.data["content"]
+        elif result.error is not None:
+            error: ErrorResponse = result.error
+            actions: list[RecoveryAction] = error.recovery
+        result.raise_for_error()
+        duration: float = result.duration_ms
+        del first, tier, content, error, actions, duration
+
+    agent2 = await KruxOS.connect_async()
+    assert_type(agent2, AsyncAgent)
+    await agent2.disconnect()
+
+
+def sync_usage() -> None:
+    agent = KruxOS.connect("localhost:7700", api_key="0" * 64)
+    assert_type(agent, Agent)
+    with agent:
+        result = agent.capabilities.invoke("filesystem.list", path="/workspace")
+        assert_type(result, InvocationResult)
+        assert_type(agent.capabilities.list(), list[CapabilityDefinition])
+    agent.disconnect()
+
+
+def error_fields(exc: KruxOSError) -> str:
+    if isinstance(exc, PolicyDenied):
+        rule: str | None = exc.rule
+        return f"{exc.message} {rule}"
+    if isinstance(exc, ApprovalRequired):
+        approval: str | None = exc.approval_id
+        return approval or ""
+    if isinstance(exc, InvalidInput):
+        name: str | None = exc.input
+        return name or ""
+    if isinstance(exc, CapabilityError):
+        return f"{exc.type}: {[r.action for r in exc.recovery]} {exc.details}"
+    if isinstance(exc, RateLimited):
+        retry: float | None = exc.retry_after
+        return str(retry)
+    if isinstance(exc, RequestTimeout):
+        seconds: float = exc.timeout
+        return exc.method + str(seconds)
+    if isinstance(exc, GatewayConnectionError | ConfigurationError):
+        return str(exc)
+    return exc.message
