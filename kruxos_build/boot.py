@@ -61,7 +61,25 @@ class Ports:
     gateway: int
 
 
-def command(image: Path, ports: Ports, *, guest_gateway_port: int, variables: Path, serial: str,
+DISK_SIZE = 4 << 30
+
+
+def overlay(image: Path, directory: Path, size: int = DISK_SIZE) -> Path:
+    """A throw-away qcow2 disk on top of ``image``, ``size`` bytes (at least the image's size).
+
+    The built image is only read; the bigger disk lets the first boot grow the root partition like on a
+    real, bigger medium.
+    """
+    disk = directory / "disk.qcow2"
+    size = max(size, image.stat().st_size)
+    result = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image.resolve()),
+                             str(disk), str(size)], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise BuildError(f"cannot create the VM's disk: {result.stderr.strip()}", hint="apt-get install qemu-utils")
+    return disk
+
+
+def command(disk: Path, ports: Ports, *, guest_gateway_port: int, variables: Path, serial: str,
             memory_mb: int = 2048) -> list[str]:
     """The QEMU command line. ``serial`` is a QEMU chardev spec ("mon:stdio" or "file:PATH")."""
     code, _ = _firmware()
@@ -72,8 +90,8 @@ def command(image: Path, ports: Ports, *, guest_gateway_port: int, variables: Pa
         "-serial", serial,
         "-drive", f"if=pflash,format=raw,readonly=on,file={code}",
         "-drive", f"if=pflash,format=raw,file={variables}",
-        # snapshot=on: writes go to a temporary overlay, the built image is never modified
-        "-drive", f"if=virtio,format=raw,file={image},snapshot=on",
+        # snapshot=on as well: nothing is written back even to the throw-away overlay
+        "-drive", f"if=virtio,format=qcow2,file={disk},snapshot=on",
         "-netdev", (f"user,id=net0,hostfwd=tcp:127.0.0.1:{ports.ssh}-:22,"
                     f"hostfwd=tcp:127.0.0.1:{ports.gateway}-:{guest_gateway_port}"),
         "-device", "virtio-net-pci,netdev=net0",
@@ -116,8 +134,8 @@ def running(image: Path, *, guest_gateway_port: int, workdir: Path | None = None
         shutil.copyfile(variables_template, variables)
         ports = Ports(ssh=free_port(), gateway=free_port())
         serial_log = Path(tmp) / "serial.log"
-        cmd = command(image, ports, guest_gateway_port=guest_gateway_port, variables=variables,
-                      serial=f"file:{serial_log}")
+        cmd = command(overlay(image, Path(tmp)), ports, guest_gateway_port=guest_gateway_port,
+                      variables=variables, serial=f"file:{serial_log}")
         started = time.monotonic()
         process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                    stderr=(Path(tmp) / "qemu.log").open("wb"))
@@ -142,11 +160,12 @@ def interactive(image: Path, *, guest_gateway_port: int) -> int:
         shutil.copyfile(variables_template, variables)
         ports = Ports(ssh=free_port(), gateway=free_port())
         accel = "KVM" if kvm_works() else "TCG (no usable KVM: slower)"
-        print(f"booting {image} (disk snapshot=on: changes are discarded) with {accel}")
+        print(f"booting {image} with {accel}; the VM writes to a throw-away {DISK_SIZE >> 30} GiB overlay,"
+              " the image is never modified")
         print(f"  ssh:     ssh -p {ports.ssh} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
               f"root@127.0.0.1")
         print(f"  gateway: http://127.0.0.1:{ports.gateway}/health  (guest port {guest_gateway_port})")
         print("  console: this terminal; quit with Ctrl-A X", flush=True)
-        cmd = command(image, ports, guest_gateway_port=guest_gateway_port, variables=variables,
-                      serial="mon:stdio")
+        cmd = command(overlay(image, Path(tmp)), ports, guest_gateway_port=guest_gateway_port,
+                      variables=variables, serial="mon:stdio")
         return subprocess.run(cmd, check=False).returncode

@@ -89,8 +89,9 @@ def cmd_build(args: argparse.Namespace, layout: Layout, stage: Stages) -> int:
         (layout.build / "mkosi-summary.txt").write_text(mkosi.summary(layout))
     log = layout.build / "mkosi.log"
     cache_hit = any(layout.cache.glob("*.cache")) and not args.force
-    with stage(f"mkosi build ({'reusing the cached distribution' if cache_hit else 'installing Debian'};"
-               f" log: {log})"):
+    print(f"    mkosi's log: {log}; " + ("reusing the cached distribution in " if cache_hit
+                                          else "installing Debian, cache: ") + str(layout.cache))
+    with stage("mkosi build"):
         mkosi.build(layout, log=log, force=args.force)
     result = outputs.make(d, rendered, layout, stage=stage)
     stage.report()

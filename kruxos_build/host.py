@@ -43,7 +43,10 @@ BUILD_TOOLS = (
 )
 # Python modules the host's /usr/bin/python3 needs: mkosi runs ukify with it to build the UKI.
 HOST_PYTHON_MODULES = (("pefile", "python3-pefile"),)
-BOOT_TOOLS = (Tool("qemu-system-x86_64", "qemu-system-x86"),)
+BOOT_TOOLS = (
+    Tool("qemu-system-x86_64", "qemu-system-x86"),
+    Tool("qemu-img", "qemu-utils"),  # the boot disk: a throw-away overlay, bigger than the image
+)
 
 
 def debian_version() -> int | None:

@@ -121,7 +121,8 @@ def _fix_modes(tree: Path) -> None:
             path.chmod(0o700 if private else 0o755)
         else:
             executable = path.stat().st_mode & stat.S_IXUSR
-            path.chmod(0o755 if executable else 0o644)
+            private = path.parent.relative_to(tree).as_posix() in _PRIVATE_DIRS
+            path.chmod((0o700 if executable else 0o600) if private else (0o755 if executable else 0o644))
 
 
 def render(description: Description, description_path: Path, layout: Layout) -> Rendered:
@@ -146,7 +147,11 @@ def render(description: Description, description_path: Path, layout: Layout) -> 
     }
     env = _environment(root)
     for template in sorted(env.list_templates(extensions=["j2"])):
-        text = env.get_template(template).render(context)
+        try:
+            text = env.get_template(template).render(context)
+        except jinja2.TemplateError as e:
+            raise BuildError(f"{OVERLAY}/{template}: {e.message or type(e).__name__}",
+                             hint="fix the template, or the description key it uses") from None
         if all(not line.strip() or line.startswith("#") for line in text.splitlines()):
             continue  # a file that says nothing for this description is not written at all
         target = generated / template.removesuffix(".j2")

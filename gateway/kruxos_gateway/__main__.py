@@ -15,10 +15,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from .app import Gateway
 from .capabilities import RunAs, default_registry
 from .capabilities.process import resolve_run_as
-from .config import DEFAULT_CONFIG_PATH, GatewayConfig, ListenConfig, load_config
+from .config import DEFAULT_CONFIG_PATH, GatewayConfig, ListenConfig, describe_validation_error, load_config
 from .db import Database
 from .errors import ConfigError
 from .logs import configure_logging
@@ -44,12 +46,15 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 def _configure(args: argparse.Namespace) -> tuple[GatewayConfig, RunAs | None]:
     config = load_config(args.config)
     if args.host is not None or args.port is not None:
-        listen = ListenConfig.model_validate(
-            {
-                "host": args.host if args.host is not None else config.listen.host,
-                "port": args.port if args.port is not None else config.listen.port,
-            }
-        )
+        try:
+            listen = ListenConfig.model_validate(
+                {
+                    "host": args.host if args.host is not None else config.listen.host,
+                    "port": args.port if args.port is not None else config.listen.port,
+                }
+            )
+        except ValidationError as exc:
+            raise ConfigError(f"command line: --{describe_validation_error(exc)}") from None
         config = config.model_copy(update={"listen": listen})
     run_as = resolve_run_as(config.process)
     root = config.workspace.root

@@ -156,11 +156,12 @@ class Gateway:
                 outcome = "cancelled"
             raise
         finally:
-            await self._audit(caller, invocation_id, params, outcome, _elapsed_ms(started))
+            self._audit(caller, invocation_id, params, outcome, _elapsed_ms(started))
 
-    async def _audit(
+    def _audit(
         self, caller: Caller, invocation_id: str, params: InvokeParams, outcome: str, duration_ms: float
     ) -> None:
+        """Queue the invocation's audit record; it is group-committed off the answer's path (db.py)."""
         record = store.AuditRecord(
             ts=store.now(),
             key_name=caller.key_name,
@@ -171,10 +172,7 @@ class Gateway:
             outcome=outcome,
             duration_ms=duration_ms,
         )
-        try:
-            await self.db.run(functools.partial(store.append_audit, record=record))
-        except Exception:
-            log.exception("cannot append to the audit log: %s", record)
+        self.db.submit(functools.partial(store.append_audit, record=record))
 
 
 def _elapsed_ms(started: float) -> float:

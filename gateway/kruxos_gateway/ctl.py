@@ -13,6 +13,7 @@ import contextlib
 import os
 import pwd
 import re
+import signal
 import sqlite3
 import sys
 import time
@@ -173,6 +174,9 @@ def _audit_tail(conn: sqlite3.Connection, n: int, follow: bool) -> None:
     if last_id == 0:
         row = conn.execute("SELECT COALESCE(MAX(id), 0) FROM audit").fetchone()
         last_id = int(row[0])
+    # Ctrl-C or SIGTERM ends --follow cleanly, even if SIGINT was ignored by whoever started us.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     with contextlib.suppress(KeyboardInterrupt):
         while True:
             sys.stdout.flush()
@@ -180,6 +184,10 @@ def _audit_tail(conn: sqlite3.Connection, n: int, follow: bool) -> None:
             for record in store.tail_audit(conn, 1000, after_id=last_id):
                 print(_audit_line(record))
                 last_id = record.id or last_id
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _alerts(conn: sqlite3.Connection, n: int) -> None:
@@ -209,12 +217,15 @@ def run(args: argparse.Namespace) -> None:
     _drop_privileges(config.state_dir)
     with _database(config.state_dir) as conn:
         if args.command == "keys":
+            # store functions never commit: each command that writes is one transaction.
             if args.keys_command == "create":
-                _keys_create(conn, args.name, output)
+                with store.transaction(conn):
+                    _keys_create(conn, args.name, output)
             elif args.keys_command == "list":
                 _keys_list(conn)
             else:
-                _keys_revoke(conn, args.name)
+                with store.transaction(conn):
+                    _keys_revoke(conn, args.name)
         elif args.command == "audit":
             _audit_tail(conn, args.n, args.follow)
         else:

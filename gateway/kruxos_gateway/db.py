@@ -1,9 +1,19 @@
 """SQLite off the event loop: one thread owns the one connection and runs every query in turn.
 
 The pattern is datasette's ``database.py`` write thread: coroutines submit a function of the
-connection and await its result. The functions are the plain synchronous ones of ``store``, which
-``kruxosctl`` calls directly, so no query is written twice. A function's writes are committed
-before its result is returned, so an acknowledged write is on disk.
+connection and await its result. The functions are the plain synchronous ones of ``store`` (and of
+later stores), which ``kruxosctl`` calls directly inside ``store.transaction``, so no query is written
+twice. Those functions never commit: the caller owns the transaction.
+
+**Group commit.** The thread takes every job that is queued when it wakes, runs each inside its own
+savepoint (a job that raises is rolled back alone and gets its exception), commits the batch once, and
+only then resolves the jobs' futures. So an acknowledged write is on disk (``synchronous=FULL``),
+while many concurrent writers share one fsync instead of paying one each.
+
+**Fire and forget.** :meth:`Database.submit` queues a write nobody waits for (the audit record of
+an invocation): it lands in the next batch, and :meth:`Database.close` drains the queue, so a clean
+shutdown loses none. Only a crash in the few milliseconds before that batch commits can lose one,
+which is why nothing an agent is told depends on it.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,7 +33,17 @@ from . import store
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-_Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], asyncio.AbstractEventLoop]
+# A batch is bounded so that one burst cannot delay its first writer's answer for long.
+MAX_BATCH = 256
+
+
+@dataclass
+class _Job:
+    fn: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any] | None  # None: fire and forget
+    loop: asyncio.AbstractEventLoop | None
+    result: Any = None
+    error: BaseException | None = None
 
 
 class Database:
@@ -44,16 +65,26 @@ class Database:
             raise self._open_error
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(connection)`` on the database thread and return its result."""
+        """Run ``fn(connection)`` on the database thread; return its result once it is committed."""
         if self._thread is None:
             raise RuntimeError("database not started")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put((fn, future, loop))
+        self._jobs.put(_Job(fn, future, loop))
         return await future
 
+    def submit(self, fn: Callable[[sqlite3.Connection], object]) -> None:
+        """Queue ``fn(connection)`` without waiting; a failure is logged, not raised."""
+        if self._thread is None:
+            raise RuntimeError("database not started")
+        self._jobs.put(_Job(fn, None, None))
+
+    async def flush(self) -> None:
+        """Wait until every write queued before this call, submitted ones included, is committed."""
+        await self.run(_nothing)
+
     async def close(self) -> None:
-        """Finish the queued work and close the connection."""
+        """Finish the queued work (submitted writes included) and close the connection."""
         if self._thread is not None:
             self._jobs.put(None)
             await asyncio.to_thread(self._thread.join)
@@ -68,17 +99,60 @@ class Database:
             return
         self._ready.set()
         try:
-            while (job := self._jobs.get()) is not None:
-                fn, future, loop = job
-                try:
-                    result = fn(conn)
-                except BaseException as exc:
-                    conn.rollback()
-                    _resolve(loop, future, None, exc)
-                else:
-                    _resolve(loop, future, result, None)
+            stopping = False
+            while not stopping:
+                batch, stopping = self._next_batch()
+                if batch:
+                    self._execute(conn, batch)
         finally:
             conn.close()
+
+    def _next_batch(self) -> tuple[list[_Job], bool]:
+        """Block for one job, then take whatever else is queued; also say whether close() was asked."""
+        first = self._jobs.get()
+        if first is None:
+            return [], True
+        batch = [first]
+        while len(batch) < MAX_BATCH:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                return batch, True
+            batch.append(job)
+        return batch, False
+
+    @staticmethod
+    def _execute(conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    job.result = job.fn(conn)
+                except BaseException as exc:
+                    conn.execute("ROLLBACK TO job")
+                    job.error = exc
+                conn.execute("RELEASE job")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # The commit itself failed (disk full, I/O error): nothing in the batch is durable.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            log.error("database commit failed, %d operation(s) lost: %s", len(batch), exc)
+            for job in batch:
+                job.result, job.error = None, exc
+        for job in batch:
+            if job.future is None or job.loop is None:
+                if job.error is not None:
+                    log.error("a queued database write failed: %s", job.error)
+            else:
+                _resolve(job.loop, job.future, job.result, job.error)
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    return None
 
 
 def _resolve(

@@ -91,7 +91,7 @@ def parse_request(message: str | bytes, max_message_bytes: int) -> RequestFrame:
             details={"size": size, "limit": max_message_bytes},
         )
     try:
-        raw = json.loads(message)
+        raw = json.loads(message, parse_constant=_reject_constant)
     except ValueError as exc:
         raise errors.InvalidMessage(
             f"the frame is not valid JSON: {exc}",
@@ -130,6 +130,10 @@ def parse_request(message: str | bytes, max_message_bytes: int) -> RequestFrame:
         err.request_id = request.id
         raise err
     return request
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def one_line(exc: ValidationError) -> str:

@@ -16,6 +16,7 @@ import re
 import secrets
 import time
 import urllib.parse
+import weakref
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -106,7 +107,8 @@ class GatewayServer:
         )
         self.draining = False
         self._server: Server | None = None
-        self._authenticated: dict[ServerConnection, str] = {}
+        # Filled by the handshake, emptied by the handler; weak so an aborted handshake leaves nothing.
+        self._authenticated: weakref.WeakKeyDictionary[ServerConnection, str] = weakref.WeakKeyDictionary()
         self._live: set[_Live] = set()
 
     async def start(self) -> None:
@@ -129,7 +131,7 @@ class GatewayServer:
     def address(self) -> tuple[str, int]:
         """The host and port actually listened on (the port is real even if 0 was configured)."""
         assert self._server is not None
-        host, port = self._server.sockets[0].getsockname()[:2]
+        host, port = next(iter(self._server.sockets)).getsockname()[:2]
         return str(host), int(port)
 
     # --- handshake ------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The gateway's SQLite schema and queries: API keys, the audit log and alerts.
 
-Plain synchronous functions of a ``sqlite3.Connection``. The gateway runs them on its database
-thread (``db.Database``); ``kruxosctl`` calls them directly. Each write commits before returning.
+Plain synchronous functions of a ``sqlite3.Connection``. None of them commits: the caller owns the
+transaction. The gateway runs them on its database thread (``db.Database``), which commits them in
+batches (group commit); ``kruxosctl`` calls them directly inside :func:`transaction`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import hmac
 import json
 import secrets
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,16 +61,32 @@ class KeyExists(Exception):
 
 def connect(path: Path) -> sqlite3.Connection:
     """Open (creating if needed) the database at ``path`` and bring its schema up to date."""
-    conn = sqlite3.connect(path, timeout=5.0, check_same_thread=False)
+    # isolation_level=None: no implicit transactions; callers open them (db.Database, transaction()).
+    conn = sqlite3.connect(path, timeout=5.0, check_same_thread=False, isolation_level=None)
     conn.row_factory = sqlite3.Row
-    # WAL lets kruxosctl read while the gateway writes.
+    # WAL lets kruxosctl read while the gateway writes; FULL makes every commit durable on return.
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-        with conn:
-            conn.executescript(_SCHEMA)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        try:
+            conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA}; PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
     return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction: committed when the block ends, rolled back if it raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def now() -> str:
@@ -89,10 +108,9 @@ def create_key(conn: sqlite3.Connection, name: str) -> str:
     """Create a key named ``name``; return the key itself (only its hash is stored)."""
     key = secrets.token_hex(32)
     try:
-        with conn:
-            conn.execute(
-                "INSERT INTO keys (name, key_hash, created_at) VALUES (?, ?, ?)", (name, hash_key(key), now())
-            )
+        conn.execute(
+            "INSERT INTO keys (name, key_hash, created_at) VALUES (?, ?, ?)", (name, hash_key(key), now())
+        )
     except sqlite3.IntegrityError:
         raise KeyExists(name) from None
     return key
@@ -113,10 +131,9 @@ def list_keys(conn: sqlite3.Connection) -> list[KeyRecord]:
 
 def revoke_key(conn: sqlite3.Connection, name: str) -> bool:
     """Revoke the live key named ``name``; return whether there was one."""
-    with conn:
-        cursor = conn.execute(
-            "UPDATE keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now(), name)
-        )
+    cursor = conn.execute(
+        "UPDATE keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now(), name)
+    )
     return cursor.rowcount > 0
 
 
@@ -128,8 +145,7 @@ def authenticate(conn: sqlite3.Connection, key: str) -> str | None:
     ).fetchone()
     if row is None or row["revoked_at"] is not None or not hmac.compare_digest(row["key_hash"], digest):
         return None
-    with conn:
-        conn.execute("UPDATE keys SET last_used_at = ? WHERE id = ?", (now(), row["id"]))
+    conn.execute("UPDATE keys SET last_used_at = ? WHERE id = ?", (now(), row["id"]))
     return str(row["name"])
 
 
@@ -156,21 +172,20 @@ class AuditRecord:
 
 
 def append_audit(conn: sqlite3.Connection, record: AuditRecord) -> None:
-    with conn:
-        conn.execute(
-            "INSERT INTO audit (ts, key_name, session_id, invocation_id, capability, inputs_sha256, outcome,"
-            " duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                record.ts,
-                record.key_name,
-                record.session_id,
-                record.invocation_id,
-                record.capability,
-                record.inputs_sha256,
-                record.outcome,
-                record.duration_ms,
-            ),
-        )
+    conn.execute(
+        "INSERT INTO audit (ts, key_name, session_id, invocation_id, capability, inputs_sha256, outcome,"
+        " duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            record.ts,
+            record.key_name,
+            record.session_id,
+            record.invocation_id,
+            record.capability,
+            record.inputs_sha256,
+            record.outcome,
+            record.duration_ms,
+        ),
+    )
 
 
 def tail_audit(conn: sqlite3.Connection, limit: int, after_id: int = 0) -> list[AuditRecord]:
@@ -212,11 +227,10 @@ def insert_alert(
     conn: sqlite3.Connection, key_name: str, severity: str, title: str, message: str
 ) -> AlertRecord:
     record = AlertRecord("alt_" + secrets.token_hex(8), now(), key_name, severity, title, message)
-    with conn:
-        conn.execute(
-            "INSERT INTO alerts (alert_id, ts, key_name, severity, title, message) VALUES (?, ?, ?, ?, ?, ?)",
-            (record.alert_id, record.ts, record.key_name, record.severity, record.title, record.message),
-        )
+    conn.execute(
+        "INSERT INTO alerts (alert_id, ts, key_name, severity, title, message) VALUES (?, ?, ?, ?, ?, ?)",
+        (record.alert_id, record.ts, record.key_name, record.severity, record.title, record.message),
+    )
     return record
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from kruxos_gateway import store
 from kruxos_gateway.app import Gateway
-from kruxos_gateway.capabilities import default_registry
+from kruxos_gateway.capabilities import RunAs, default_registry
 from kruxos_gateway.config import GatewayConfig
 from kruxos_gateway.db import Database
 from kruxos_gateway.server import GatewayServer
@@ -169,13 +169,15 @@ class RunningGateway:
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(config: GatewayConfig) -> AsyncIterator[RunningGateway]:
+async def running_gateway(
+    config: GatewayConfig, run_as: RunAs | None = None
+) -> AsyncIterator[RunningGateway]:
     """A real gateway on 127.0.0.1, port chosen by the kernel, with one key named alice."""
     db = Database(config.db_path)
     db.start()
     try:
         key = await db.run(functools.partial(store.create_key, name="alice"))
-        server = GatewayServer(config, db, Gateway(config, db, default_registry()))
+        server = GatewayServer(config, db, Gateway(config, db, default_registry(), run_as=run_as))
         await server.start()
         try:
             yield RunningGateway(server, db, config, key)

@@ -15,7 +15,9 @@ from .support import RunningGateway
 pytestmark = pytest.mark.asyncio
 
 
-def audit_rows(gateway: RunningGateway) -> list[sqlite3.Row]:
+async def audit_rows(gateway: RunningGateway) -> list[sqlite3.Row]:
+    # Audit records are queued off the answer's path: wait for the queue to be committed first.
+    await gateway.db.flush()
     conn = store.connect(gateway.config.db_path)
     try:
         return conn.execute("SELECT * FROM audit ORDER BY id").fetchall()
@@ -30,7 +32,7 @@ async def test_each_invocation_is_audited_with_its_outcome(gateway: RunningGatew
         await client.invoke("filesystem.read", path=1)
         await client.invoke("no.such.capability")
         await client.request("ping")  # not an invocation
-    rows = audit_rows(gateway)
+    rows = await audit_rows(gateway)
     assert [(r["capability"], r["outcome"]) for r in rows] == [
         ("filesystem.write", "success"),
         ("filesystem.read", "not_found"),
@@ -44,7 +46,7 @@ async def test_each_invocation_is_audited_with_its_outcome(gateway: RunningGatew
 async def test_the_audit_log_keeps_a_digest_of_the_inputs_not_the_inputs(gateway: RunningGateway) -> None:
     async with gateway.client() as client:
         await client.data("filesystem.write", path="a.txt", content="top secret")
-    (row,) = audit_rows(gateway)
+    (row,) = await audit_rows(gateway)
     canonical = json.dumps({"content": "top secret", "path": "a.txt"}, separators=(",", ":"), sort_keys=True)
     assert row["inputs_sha256"] == hashlib.sha256(canonical.encode()).hexdigest()
     assert "top secret" not in json.dumps(dict(row))
@@ -53,7 +55,7 @@ async def test_the_audit_log_keeps_a_digest_of_the_inputs_not_the_inputs(gateway
 async def test_the_invocation_id_in_the_result_is_the_audited_one(gateway: RunningGateway) -> None:
     async with gateway.client() as client:
         result = await client.result("filesystem.list")
-    (row,) = audit_rows(gateway)
+    (row,) = await audit_rows(gateway)
     assert row["invocation_id"] == result["invocation_id"]
     assert row["session_id"] == client.hello["session_id"]
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import select
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import pytest
 from kruxos_gateway import store
 from kruxos_gateway.ctl import main
 
-from .support import timeout
+from .support import timeout, wait_until
 
 
 @pytest.fixture
@@ -219,3 +221,33 @@ def test_as_root_it_switches_to_the_owner_of_the_state_dir(foreign_state_dir: Pa
     assert result.returncode == 0, result.stderr
     database = foreign_state_dir / "gateway.db"
     assert (database.stat().st_uid, database.stat().st_gid) == (65534, 65534)
+
+
+def test_audit_tail_follow_prints_new_records_until_interrupted(config: Path) -> None:
+    db(config).parent.mkdir()
+    store.connect(db(config)).close()
+    with subprocess.Popen(
+        [sys.executable, "-m", "kruxos_gateway.ctl", "--config", str(config), "audit", "tail", "--follow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as follower:
+        try:
+            conn = store.connect(db(config))
+            try:
+                store.append_audit(
+                    conn,
+                    store.AuditRecord(
+                        store.now(), "alice", "s", "inv_new", "process.run", "0" * 64, "success", 2.0
+                    ),
+                )
+            finally:
+                conn.close()
+            assert follower.stdout is not None
+            stdout = follower.stdout
+            wait_until(lambda: bool(select.select([stdout], [], [], 0)[0]), seconds=15)
+            line = stdout.readline()
+            assert line.split()[-1] == "inv_new"
+        finally:
+            follower.send_signal(signal.SIGINT)
+            assert follower.wait(timeout(15)) == 0

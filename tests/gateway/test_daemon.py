@@ -207,3 +207,43 @@ def test_a_missing_configuration_file_is_one_line_and_exit_2(tmp_path: Path) -> 
     )
     assert (result.returncode, result.stderr.count("\n")) == (2, 1)
     assert "no such file" in result.stderr
+
+
+def test_a_bad_port_on_the_command_line_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "kruxos_gateway", "--config", str(write_config(tmp_path)), "--port", "70000"],
+        capture_output=True,
+        text=True,
+        timeout=timeout(30),
+        check=False,
+    )
+    assert (result.returncode, result.stderr.count("\n")) == (2, 1)
+    assert "--port" in result.stderr
+
+
+def test_a_taken_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kruxos_gateway",
+                "--config",
+                str(write_config(tmp_path)),
+                "--port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout(30),
+            check=False,
+        )
+    assert result.returncode == 1
+    assert [line for line in result.stderr.splitlines() if "error" in line.lower()] == [
+        result.stderr.splitlines()[-1]
+    ]
+    assert "cannot start" in result.stderr
+    assert "Traceback" not in result.stderr

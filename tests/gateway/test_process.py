@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+import shutil
+import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from kruxos_gateway.capabilities.process import resolve_run_as
 
 from .support import Client, RunningGateway, make_config, running_gateway, timeout
 
@@ -118,6 +123,8 @@ async def test_a_command_that_cannot_start_is_a_failed_result(
         pytest.param({"command": []}, "command", id="empty-argv"),
         pytest.param({"command": "true", "env": {"A": 1}}, "env", id="non-string-env"),
         pytest.param({"command": "true", "timeout": 0}, "timeout", id="zero-timeout"),
+        pytest.param({"command": "echo a\0b"}, "command", id="nul-in-command"),
+        pytest.param({"command": "true", "env": {"A=B": "1"}}, "env", id="equals-in-env-name"),
     ],
 )
 async def test_unusable_inputs_are_refused_before_running(
@@ -127,3 +134,25 @@ async def test_unusable_inputs_are_refused_before_running(
     assert frame["type"] == "error"
     assert frame["error"]["type"] == "invalid_input"
     assert frame["error"]["details"] == {"input": bad_input}
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A directory every user can enter (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="kruxos-run-as-"))
+    try:
+        path.chmod(0o755)
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+async def test_commands_run_as_the_configured_user(shared_tmp: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    config = make_config(shared_tmp, process={"run_as_user": "nobody"})
+    (shared_tmp / "workspace").chmod(0o777)
+    run_as = resolve_run_as(config.process)
+    async with running_gateway(config, run_as=run_as) as gateway, gateway.client() as client:
+        data = await client.data("process.run", command="id -u; id -g")
+    assert data["stdout"].split() == [str(nobody.pw_uid), str(nobody.pw_gid)]

@@ -44,6 +44,12 @@ def test_completing_a_request_frees_its_slot() -> None:
     [
         pytest.param("{not json", "invalid_message", None, id="not-json"),
         pytest.param("[1, 2]", "invalid_message", None, id="array-not-object"),
+        pytest.param(
+            '{"type": "request", "id": "n", "method": "ping", "params": {"x": NaN}}',
+            "invalid_message",
+            None,
+            id="nan-is-not-json",
+        ),
         pytest.param('"hello"', "invalid_message", None, id="string-not-object"),
         pytest.param('{"id": "3", "method": "ping"}', "unknown_message_type", "3", id="no-type"),
         pytest.param('{"type": "response", "id": "4"}', "unknown_message_type", "4", id="server-frame-type"),

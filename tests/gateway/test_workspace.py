@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -174,3 +176,38 @@ def test_a_descriptor_outside_the_root_fails_the_recheck(tree: Workspace, tmp_pa
             tree.verify_fd(fd, "/workspace/target")
     finally:
         os.close(fd)
+
+
+LINK_TARGETS = st.sampled_from(
+    ["..", "../..", "/", "/etc", ".", "a", "a/b", "../outside", "../ws-sibling", "b/../..", "x", "a/x/../.."]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    links=st.lists(
+        st.tuples(st.sampled_from(["a", "a/b", ""]), st.sampled_from(["x", "y"]), LINK_TARGETS), max_size=4
+    ),
+    path=PATHS,
+    follow_final=st.booleans(),
+)
+def test_no_generated_symlinks_let_a_path_escape(
+    links: list[tuple[str, str, str]], path: str, follow_final: bool
+) -> None:
+    with tempfile.TemporaryDirectory() as base:
+        root = Path(base) / "ws"
+        (root / "a" / "b").mkdir(parents=True)
+        (Path(base) / "outside").mkdir()
+        (Path(base) / "ws-sibling").mkdir()
+        for directory, name, target in links:
+            with contextlib.suppress(FileExistsError):
+                os.symlink(target, root / directory / name)
+        workspace = Workspace(root)
+        try:
+            resolved = workspace.resolve(path, follow_final=follow_final)
+        except (PathOutsideWorkspace, InvalidInput):
+            return
+        real = resolved.real
+        if not follow_final and real != workspace.root:
+            real = os.path.realpath(os.path.dirname(real))
+        assert real == workspace.root or real.startswith(workspace.root + "/"), (path, links, real)

@@ -162,7 +162,7 @@ def validate_inputs(definition: CapabilityDefinition, inputs: dict[str, Any]) ->
             raise InvalidInput(
                 spec.name,
                 f"input {spec.name!r} must be {_describe_type(spec)}, got {json_type(value)}",
-                f"pass {spec.name} as {_describe_type(spec)}, e.g. {_EXAMPLES[spec.type]}",
+                f"pass {spec.name} as {_describe_type(spec)}, e.g. {_example(spec)}",
             )
         if spec.choices is not None and value not in spec.choices:
             allowed = ", ".join(repr(c) for c in spec.choices)
@@ -173,6 +173,14 @@ def validate_inputs(definition: CapabilityDefinition, inputs: dict[str, Any]) ->
             )
         out[spec.name] = value
     return out
+
+
+def _example(spec: InputSpec) -> str:
+    if spec.choices:
+        return f'"{spec.choices[0]}"'
+    if spec.type == "string" and spec.name in ("path", "src", "dst", "cwd"):
+        return '"/workspace/notes.txt"' if spec.name != "cwd" else '"/workspace"'
+    return _EXAMPLES[spec.type]
 
 
 def _describe_type(spec: InputSpec) -> str:

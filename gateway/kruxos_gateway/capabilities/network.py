@@ -139,7 +139,7 @@ async def _http_request(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
                 "headers", f"header {name!r} must be a string", 'pass headers as {"Name": "value"}'
             )
     timeout = inputs["timeout"] if inputs["timeout"] is not None else config.default_timeout
-    if timeout <= 0:
+    if not timeout > 0:  # also refuses NaN
         raise InvalidInput("timeout", "input 'timeout' must be positive", "pass a number of seconds, e.g. 30")
     if not host_allowed(parts.hostname, config.allow_hosts, config.deny_hosts):
         raise _host_not_allowed(parts.hostname)

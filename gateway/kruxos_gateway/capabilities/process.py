@@ -91,6 +91,12 @@ async def _kill_now(proc: asyncio.subprocess.Process) -> None:
 
 def _environment(ctx: Context, extra: dict[str, Any]) -> dict[str, str]:
     for name, value in extra.items():
+        if not name or "=" in name or "\0" in name or (isinstance(value, str) and "\0" in value):
+            raise InvalidInput(
+                "env",
+                f"env name {name!r} or its value is not usable",
+                "use names without '=' or NUL bytes, and values without NUL bytes",
+            )
         if not isinstance(value, str):
             raise InvalidInput(
                 "env",
@@ -112,11 +118,13 @@ async def _run(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
         raise InvalidInput(
             "command", "input 'command' is an empty array", 'pass e.g. ["ls", "-la"] or "ls -la"'
         )
+    if any("\0" in arg for arg in argv):
+        raise InvalidInput("command", "input 'command' contains a NUL byte", "remove the NUL byte")
     cwd = ctx.workspace.resolve(inputs["cwd"], input_name="cwd")
     env = _environment(ctx, inputs["env"] or {})
     limits = ctx.config.process
     timeout = inputs["timeout"] if inputs["timeout"] is not None else limits.default_timeout
-    if timeout <= 0:
+    if not timeout > 0:  # also refuses NaN
         raise InvalidInput(
             "timeout", "input 'timeout' must be positive", f"pass seconds, at most {limits.max_timeout}"
         )

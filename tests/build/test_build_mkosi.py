@@ -1,0 +1,39 @@
+"""mkosi accepts the static config merged with the generated drop-in (`mkosi summary`, no build)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from build_support import ROOT
+
+from kruxos_build import description, mkosi, render
+from kruxos_build.paths import Layout
+
+pytestmark = pytest.mark.skipif(shutil.which("mkosi") is None, reason="mkosi is not installed on this host")
+
+
+@pytest.fixture
+def clone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Layout:
+    """A copy of the files mkosi reads, so the real build/generated is left alone."""
+    root = tmp_path / "clone"
+    root.mkdir()
+    for name in ("mkosi.conf", "mkosi.conf.d", "mkosi.extra", "mkosi.repart", "mkosi.postinst.chroot"):
+        (root / name).symlink_to(ROOT / name)
+    for name in ("overlay", "profile.d", "sdk", "gateway"):
+        (root / name).symlink_to(ROOT / name)
+    monkeypatch.setenv("KRUXOS_BUILD_CACHE", str(tmp_path / "cache"))
+    return Layout(root=root)
+
+
+@pytest.mark.parametrize("profile", ["dev", "release"])
+def test_mkosi_summary_accepts_the_generated_config(clone: Layout, profile: str) -> None:
+    d = description.load(ROOT / "appliance.yaml").model_copy(update={
+        "profile": profile, "ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOperator op@example"]})
+    render.render(d, ROOT / "appliance.yaml", clone)
+    summary = mkosi.summary(clone)
+    assert "Release: trixie" in summary
+    assert f"{clone.generated}/extra" in summary  # the generated drop-in was included
+    assert f"KRUXOS_PROFILE={profile}" in summary
+    assert "Incremental: yes" in summary

@@ -1,0 +1,174 @@
+"""The booted appliance: what an operator and an agent find on it (dev profile, one boot per session)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from image_support import BOOT_DEADLINE, ROOT, Booted, ssh_config_for, timeout
+
+from kruxos_build import boot
+
+pytestmark = pytest.mark.image
+
+GUIDE = ROOT.parent / "shared" / "spec" / "python-sdk-guide.md"
+SDK = "/opt/kruxos/sdk/python"
+
+
+def admin_key(host) -> str:  # type: ignore[no-untyped-def]  # testinfra's Host is untyped
+    return str(host.check_output("cat /root/kruxos-admin.key")).strip()
+
+
+def test_boot_finishes_with_no_failed_unit(host) -> None:  # type: ignore[no-untyped-def]
+    assert host.run("systemctl --failed --plain --no-legend").stdout.strip() == ""
+    assert host.run("systemctl is-system-running").stdout.strip() == "running"
+
+
+def test_the_sdk_tree_is_root_owned_and_writable_by_root_only(host) -> None:  # type: ignore[no-untyped-def]
+    assert host.file(f"{SDK}/kruxos/__init__.py").exists
+    offenders = host.check_output(f"find /opt/kruxos \\( ! -user root -o ! -group root -o -perm /022 \\) -print")
+    assert offenders == ""
+
+
+def test_the_sdk_is_byte_compiled_by_the_images_python(host) -> None:  # type: ignore[no-untyped-def]
+    tag = host.check_output("python3 -c 'import sys; print(sys.implementation.cache_tag)'")
+    assert host.file(f"{SDK}/kruxos/__pycache__/__init__.{tag}.pyc").exists
+    # importing as an unprivileged user needs no write access: nothing new appears
+    before = host.check_output(f"find {SDK} -name '*.pyc' | wc -l")
+    host.check_output("runuser -u nobody -- python3 -c 'import kruxos'")
+    assert host.check_output(f"find {SDK} -name '*.pyc' | wc -l") == before
+
+
+def test_the_profile_script_is_installed_as_in_the_repository(host) -> None:  # type: ignore[no-untyped-def]
+    script = host.file("/etc/profile.d/kruxos-sdk.sh")
+    assert (script.user, script.group, script.mode) == ("root", "root", 0o644)
+    assert script.content_string == (ROOT / "profile.d/kruxos-sdk.sh").read_text()
+
+
+def test_a_login_shell_gets_the_sdk_path_once_and_the_gateway_address(  # type: ignore[no-untyped-def]
+        host, booted: Booted) -> None:
+    out = host.check_output("bash -lc 'set -u; . /etc/profile.d/kruxos-sdk.sh; echo \"$PYTHONPATH|$KRUXOS_HOST\"'")
+    assert out == f"{SDK}|localhost:{booted.gateway_port}"
+
+
+@pytest.mark.parametrize("command", [
+    pytest.param("bash -lc {}", id="root-login-shell"),
+    pytest.param("su -l nobody -s /bin/bash -c {}", id="unprivileged-login-shell"),
+    pytest.param("runuser -u nobody -- sh -c {}", id="unprivileged-no-profile"),  # through kruxos-sdk.pth
+])
+def test_kruxos_imports_from_the_staged_sdk(host, command: str) -> None:  # type: ignore[no-untyped-def]
+    check = shlex.quote("python3 -c 'import kruxos; print(kruxos.__file__)'")
+    assert host.check_output(command.format(check)) == f"{SDK}/kruxos/__init__.py"
+
+
+def test_the_gateway_is_enabled_active_and_listening(host, booted: Booted) -> None:  # type: ignore[no-untyped-def]
+    gateway = host.service("kruxos-gateway")
+    assert gateway.is_enabled
+    assert gateway.is_running
+    assert host.socket(f"tcp://0.0.0.0:{booted.gateway_port}").is_listening
+
+
+def test_the_gateway_health_answers_through_the_forwarded_port(booted: Booted, host) -> None:  # type: ignore[no-untyped-def]
+    with urllib.request.urlopen(f"http://127.0.0.1:{booted.vm.ports.gateway}/health",
+                                timeout=timeout(10)) as response:
+        assert response.status == 200
+        assert json.load(response)["status"] == "ok"
+
+
+def test_the_gateway_runs_unprivileged_and_sandboxed(host) -> None:  # type: ignore[no-untyped-def]
+    assert host.check_output("systemctl show -P User kruxos-gateway") == "kruxos"
+    exposure = host.check_output("systemd-analyze security --no-pager kruxos-gateway.service | tail -1")
+    level = float(re.search(r"exposure level for kruxos-gateway\.service: ([0-9.]+)", exposure).group(1))
+    assert level <= 3.0, exposure
+
+
+def test_the_first_admin_key_is_made_on_the_device_for_root_only(host) -> None:  # type: ignore[no-untyped-def]
+    key = host.file("/root/kruxos-admin.key")
+    assert (key.user, key.group, key.mode) == ("root", "root", 0o600)
+    assert re.fullmatch(r"[0-9a-f]{64}", admin_key(host))
+    assert "admin" in host.check_output("kruxosctl --config /etc/kruxos/gateway.yaml keys list")
+
+
+def test_an_agent_unit_imports_kruxos_and_invokes_capabilities(host) -> None:  # type: ignore[no-untyped-def]
+    agent = (
+        "import kruxos\n"
+        "from kruxos import KruxOS\n"
+        "with KruxOS.connect() as agent:  # KRUXOS_HOST from the unit, the key from its credential\n"
+        "    ran = agent.capabilities.invoke('process.run', command=['id', '-un'])\n"
+        "    print('process.run as:', ran.data['stdout'].strip())\n"
+        "    agent.capabilities.invoke('filesystem.write', path='/workspace/from-agent.txt',\n"
+        "                              content='hello from an agent\\n').raise_for_error()\n"
+        "print('sdk:', kruxos.__file__)\n"
+    )
+    host.check_output("kruxosctl --config /etc/kruxos/gateway.yaml keys create probe "
+                      "--output /etc/kruxos/agents/probe.key")
+    host.check_output(f"cat > /etc/kruxos/agents/probe.py <<'EOF'\n{agent}EOF")
+    run = host.run(f"timeout {timeout(60):.0f} systemctl start --wait kruxos-agent@probe.service")
+    log = host.check_output("journalctl --sync; journalctl -o cat -u kruxos-agent@probe.service")
+    assert run.rc == 0, log
+    assert "process.run as: kruxos-agent" in log
+    assert f"sdk: {SDK}/kruxos/__init__.py" in log
+    written = host.file("/workspace/from-agent.txt")
+    assert written.content_string == "hello from an agent\n"
+    assert written.group == "kruxos-workspace"
+
+
+def _quick_start() -> str:
+    if not GUIDE.exists():
+        pytest.skip(f"no SDK guide at {GUIDE}")
+    section = GUIDE.read_text().split("## Quick start", 1)
+    if len(section) < 2 or "```python" not in section[1]:
+        pytest.skip("the SDK guide has no Quick start code block")
+    return section[1].split("```python", 1)[1].split("```", 1)[0]
+
+
+def test_the_guides_quick_start_runs_on_the_device(host, booted: Booted) -> None:  # type: ignore[no-untyped-def]
+    code = _quick_start()
+    assert code.count('"localhost:7700"') == 1 and code.count('"<64-char hex>"') == 1
+    code = code.replace('"localhost:7700"', f'"localhost:{booted.gateway_port}"')
+    code = code.replace('"<64-char hex>"', f'"{admin_key(host)}"')
+    host.check_output("printf 'Welcome to KruxOS\\n' > /workspace/README.md")
+    host.check_output(f"cat > /root/quickstart.py <<'EOF'\n{code}EOF")
+    out = host.check_output(f"timeout {timeout(60):.0f} python3 /root/quickstart.py").splitlines()
+    count = re.fullmatch(r"Available: (\d+) capabilities", out[0])
+    assert count and int(count.group(1)) > 0
+    assert out[1:] == ["Welcome to KruxOS"]
+
+
+def test_the_root_file_system_grew_to_fill_the_disk(host) -> None:  # type: ignore[no-untyped-def]
+    size = int(host.check_output("df --output=size -B1 / | tail -1"))
+    assert size > (boot.DISK_SIZE * 3) // 4
+
+
+def test_ssh_refuses_passwords(host) -> None:  # type: ignore[no-untyped-def]
+    effective = host.check_output("sshd -T 2>/dev/null | grep -E '^(passwordauthentication|kbdinteractive)'")
+    assert sorted(effective.splitlines()) == ["kbdinteractiveauthentication no", "passwordauthentication no"]
+
+
+def test_root_has_no_password(host) -> None:  # type: ignore[no-untyped-def]
+    field = host.check_output("getent shadow root | cut -d: -f2")
+    assert field == "" or field[0] in "!*"
+    assert field != "", "an empty field would allow a passwordless login"
+
+
+def _host_key(port: int) -> str:
+    scan = subprocess.run(["ssh-keyscan", "-t", "ed25519", "-p", str(port), "127.0.0.1"],
+                          capture_output=True, text=True, timeout=timeout(30), check=False)
+    return scan.stdout.split()[-1]
+
+
+def test_each_boot_of_the_image_makes_its_own_ssh_host_keys(booted: Booted, image: Path, host,  # type: ignore[no-untyped-def]
+                                                            tmp_path: Path) -> None:
+    first = _host_key(booted.vm.ports.ssh)
+    assert host.check_output("ls /etc/ssh/ | grep -c '^ssh_host_.*_key$'") != "0"
+    with boot.running(image, guest_gateway_port=booted.gateway_port) as second_vm:
+        boot.wait_for_ssh(second_vm.ports.ssh, time.monotonic() + BOOT_DEADLINE)
+        ssh_config_for(second_vm, tmp_path)
+        second = _host_key(second_vm.ports.ssh)
+    assert first and second and first != second
