@@ -137,8 +137,8 @@ def running(image: Path, *, guest_gateway_port: int, workdir: Path | None = None
         cmd = command(overlay(image, Path(tmp)), ports, guest_gateway_port=guest_gateway_port,
                       variables=variables, serial=f"file:{serial_log}")
         started = time.monotonic()
-        process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=(Path(tmp) / "qemu.log").open("wb"))
+        with (Path(tmp) / "qemu.log").open("wb") as qemu_log:
+            process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=qemu_log)
         try:
             yield Vm(process=process, ports=ports, serial_log=serial_log, started=started)
         finally:

@@ -29,7 +29,7 @@ GATEWAY_SOURCE = Path("gateway/kruxos_gateway")
 DEFAULT_KRUXOSCTL = "kruxos_gateway.cli:main"
 
 # Directory modes in the extra tree: copied over the image's own, so they must be right.
-_PRIVATE_DIRS = ("root", "root/.ssh", "etc/kruxos/agents")
+_PRIVATE_DIRS = ("root", "root/.ssh")
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".*")
 
 

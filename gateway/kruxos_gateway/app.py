@@ -12,7 +12,8 @@ import functools
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -40,12 +41,29 @@ log = logging.getLogger(__name__)
 P = TypeVar("P", bound=BaseModel)
 
 
+class EventSink(Protocol):
+    """Pushes server events to one connection, in the order they are pushed (never blocks)."""
+
+    def push(self, event: str, data: dict[str, Any]) -> None: ...
+
+
+class _Nowhere:
+    """The sink of a caller with no connection (tests of the app alone): events are dropped."""
+
+    def push(self, event: str, data: dict[str, Any]) -> None:
+        return None
+
+
 @dataclass(frozen=True)
 class Caller:
-    """Who sent a request: the API key's name and the connection's session."""
+    """Who sent a request: the API key's name, the connection's session, and a way to reach it."""
 
     key_name: str
     session_id: str
+    events: EventSink = field(default_factory=_Nowhere, compare=False, repr=False)
+
+
+SessionHook = Callable[[Caller], Awaitable[None]]
 
 
 class PolicyHook(Protocol):
@@ -91,6 +109,32 @@ class Gateway:
         self.workspace = Workspace(config.workspace.root)
         self.run_as = run_as
         self.policy = policy or AllowAll()
+        # Live sessions by id: features that push events (approvals, state watches) find them here.
+        self.sessions: dict[str, Caller] = {}
+        self._on_session_closed: list[SessionHook] = []
+
+    # --- sessions -------------------------------------------------------------------------------
+
+    def session_opened(self, caller: Caller) -> None:
+        """Called by the transport once a connection is authenticated and greeted."""
+        self.sessions[caller.session_id] = caller
+
+    async def session_closed(self, caller: Caller) -> None:
+        """Called by the transport when a connection ends; runs every on_session_closed hook."""
+        self.sessions.pop(caller.session_id, None)
+        for hook in self._on_session_closed:
+            try:
+                await hook(caller)
+            except Exception:
+                log.exception("a session-closed hook failed for session %s", caller.session_id)
+
+    def on_session_closed(self, hook: SessionHook) -> None:
+        """Run ``hook(caller)`` whenever a session ends (e.g. to drop its session state or watches)."""
+        self._on_session_closed.append(hook)
+
+    def sessions_of(self, key_name: str) -> list[Caller]:
+        """The live sessions authenticated with the key named ``key_name``."""
+        return [c for c in self.sessions.values() if c.key_name == key_name]
 
     async def handle(self, caller: Caller, request: RequestFrame) -> ResponseFrame | ErrorFrame:
         try:

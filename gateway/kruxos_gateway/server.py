@@ -33,7 +33,7 @@ from ._version import PROTOCOL, __version__
 from .app import Caller, Gateway
 from .config import GatewayConfig
 from .db import Database
-from .models import ErrorInfo, HelloFrame, Limits, RecoveryAction, RequestFrame, ServerFrame
+from .models import ErrorInfo, EventFrame, HelloFrame, Limits, RecoveryAction, RequestFrame, ServerFrame
 from .ratelimit import HandshakeLimiter
 
 log = logging.getLogger(__name__)
@@ -60,11 +60,37 @@ class _Connection(ServerConnection):
         super().process_event(event)
 
 
+class _Outbox:
+    """A connection's server events, sent in push order by one task so that none overtakes another."""
+
+    def __init__(self, connection: ServerConnection) -> None:
+        self._connection = connection
+        self._queue: asyncio.Queue[EventFrame] = asyncio.Queue()
+        self._sender: asyncio.Task[None] | None = None
+
+    def push(self, event: str, data: dict[str, Any]) -> None:
+        self._queue.put_nowait(EventFrame(event=event, data=data))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_queued())
+
+    async def _send_queued(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while not self._queue.empty():
+                await self._connection.send(protocol.encode(self._queue.get_nowait()))
+
+    async def close(self) -> None:
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+
+
 @dataclass(eq=False)
 class _Live:
     connection: _Connection
     session: protocol.Session
     caller: Caller
+    outbox: _Outbox
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
@@ -226,10 +252,12 @@ class GatewayServer:
             await connection.close(protocol.CLOSE_GOING_AWAY, "draining")
             return
         limits = self.config.limits
+        outbox = _Outbox(connection)
         live = _Live(
             connection,
             protocol.Session(max_message_bytes=limits.max_message_bytes, max_in_flight=limits.max_in_flight),
-            Caller(key_name=key_name, session_id=secrets.token_hex(16)),
+            Caller(key_name=key_name, session_id=secrets.token_hex(16), events=outbox),
+            outbox,
         )
         self._live.add(live)
         log.info(
@@ -252,6 +280,7 @@ class GatewayServer:
         idle = asyncio.create_task(self._close_when_idle(live))
         try:
             await self._send(connection, hello)
+            self.app.session_opened(live.caller)
             async for message in connection:
                 action = live.session.receive(message)
                 if isinstance(action, protocol.Reply):
@@ -271,6 +300,8 @@ class GatewayServer:
             for task in live.tasks:
                 task.cancel()
             await asyncio.gather(idle, *live.tasks, return_exceptions=True)
+            await live.outbox.close()
+            await self.app.session_closed(live.caller)
             log.info("session %s closed (%s)", live.caller.session_id, connection.close_code)
 
     async def _answer(self, live: _Live, request: RequestFrame) -> None:
