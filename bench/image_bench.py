@@ -31,8 +31,9 @@ from kruxos_build.paths import DEFAULT_DESCRIPTION, Layout  # noqa: E402
 
 def timed_build(*extra: str) -> float:
     start = time.monotonic()
-    subprocess.run([sys.executable, str(ROOT / "build.py"), "build", *extra], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, str(ROOT / "build.py"), "build", *extra], check=True, stdout=subprocess.DEVNULL
+    )
     return time.monotonic() - start
 
 

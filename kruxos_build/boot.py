@@ -46,13 +46,32 @@ def kvm_works() -> bool:
         return False
     code, _ = _firmware()
     try:
-        result = subprocess.run(
-            [QEMU, "-accel", "kvm", "-cpu", "host", "-machine", "q35", "-nodefaults", "-display", "none",
-             "-m", "128", "-no-reboot", "-drive", f"if=pflash,format=raw,readonly=on,file={code}"],
-            capture_output=True, timeout=2, stdin=subprocess.DEVNULL, check=False)
+        subprocess.run(
+            [
+                QEMU,
+                "-accel",
+                "kvm",
+                "-cpu",
+                "host",
+                "-machine",
+                "q35",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-m",
+                "128",
+                "-no-reboot",
+                "-drive",
+                f"if=pflash,format=raw,readonly=on,file={code}",
+            ],
+            capture_output=True,
+            timeout=2,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
-        return True  # still running: KVM works
-    return result.returncode == 0 and False
+        return True  # still running the firmware after two seconds: KVM works
+    return False  # QEMU gave up at once (e.g. "failed to set MSR" on nested KVM): use TCG
 
 
 @dataclass(frozen=True)
@@ -72,30 +91,68 @@ def overlay(image: Path, directory: Path, size: int = DISK_SIZE) -> Path:
     """
     disk = directory / "disk.qcow2"
     size = max(size, image.stat().st_size)
-    result = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image.resolve()),
-                             str(disk), str(size)], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            str(image.resolve()),
+            str(disk),
+            str(size),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode != 0:
-        raise BuildError(f"cannot create the VM's disk: {result.stderr.strip()}", hint="apt-get install qemu-utils")
+        raise BuildError(
+            f"cannot create the VM's disk: {result.stderr.strip()}", hint="apt-get install qemu-utils"
+        )
     return disk
 
 
-def command(disk: Path, ports: Ports, *, guest_gateway_port: int, variables: Path, serial: str,
-            memory_mb: int = 2048) -> list[str]:
+def command(
+    disk: Path, ports: Ports, *, guest_gateway_port: int, variables: Path, serial: str, memory_mb: int = 2048
+) -> list[str]:
     """The QEMU command line. ``serial`` is a QEMU chardev spec ("mon:stdio" or "file:PATH")."""
     code, _ = _firmware()
     accel = ["-accel", "kvm", "-cpu", "host"] if kvm_works() else ["-accel", "tcg", "-cpu", "max"]
     return [
-        QEMU, "-machine", "q35", *accel, "-smp", "2", "-m", str(memory_mb),
-        "-nodefaults", "-display", "none", "-no-reboot",
-        "-serial", serial,
-        "-drive", f"if=pflash,format=raw,readonly=on,file={code}",
-        "-drive", f"if=pflash,format=raw,file={variables}",
+        QEMU,
+        "-machine",
+        "q35",
+        *accel,
+        "-smp",
+        "2",
+        "-m",
+        str(memory_mb),
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-serial",
+        serial,
+        "-drive",
+        f"if=pflash,format=raw,readonly=on,file={code}",
+        "-drive",
+        f"if=pflash,format=raw,file={variables}",
         # snapshot=on as well: nothing is written back even to the throw-away overlay
-        "-drive", f"if=virtio,format=qcow2,file={disk},snapshot=on",
-        "-netdev", (f"user,id=net0,hostfwd=tcp:127.0.0.1:{ports.ssh}-:22,"
-                    f"hostfwd=tcp:127.0.0.1:{ports.gateway}-:{guest_gateway_port}"),
-        "-device", "virtio-net-pci,netdev=net0",
-        "-device", "virtio-rng-pci",
+        "-drive",
+        f"if=virtio,format=qcow2,file={disk},snapshot=on",
+        "-netdev",
+        (
+            f"user,id=net0,hostfwd=tcp:127.0.0.1:{ports.ssh}-:22,"
+            f"hostfwd=tcp:127.0.0.1:{ports.gateway}-:{guest_gateway_port}"
+        ),
+        "-device",
+        "virtio-net-pci,netdev=net0",
+        "-device",
+        "virtio-rng-pci",
     ]
 
 
@@ -134,11 +191,18 @@ def running(image: Path, *, guest_gateway_port: int, workdir: Path | None = None
         shutil.copyfile(variables_template, variables)
         ports = Ports(ssh=free_port(), gateway=free_port())
         serial_log = Path(tmp) / "serial.log"
-        cmd = command(overlay(image, Path(tmp)), ports, guest_gateway_port=guest_gateway_port,
-                      variables=variables, serial=f"file:{serial_log}")
+        cmd = command(
+            overlay(image, Path(tmp)),
+            ports,
+            guest_gateway_port=guest_gateway_port,
+            variables=variables,
+            serial=f"file:{serial_log}",
+        )
         started = time.monotonic()
         with (Path(tmp) / "qemu.log").open("wb") as qemu_log:
-            process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=qemu_log)
+            process = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=qemu_log
+            )
         try:
             yield Vm(process=process, ports=ports, serial_log=serial_log, started=started)
         finally:
@@ -160,12 +224,21 @@ def interactive(image: Path, *, guest_gateway_port: int) -> int:
         shutil.copyfile(variables_template, variables)
         ports = Ports(ssh=free_port(), gateway=free_port())
         accel = "KVM" if kvm_works() else "TCG (no usable KVM: slower)"
-        print(f"booting {image} with {accel}; the VM writes to a throw-away {DISK_SIZE >> 30} GiB overlay,"
-              " the image is never modified")
-        print(f"  ssh:     ssh -p {ports.ssh} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
-              f"root@127.0.0.1")
+        print(
+            f"booting {image} with {accel}; the VM writes to a throw-away {DISK_SIZE >> 30} GiB overlay,"
+            " the image is never modified"
+        )
+        print(
+            f"  ssh:     ssh -p {ports.ssh} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+            f"root@127.0.0.1"
+        )
         print(f"  gateway: http://127.0.0.1:{ports.gateway}/health  (guest port {guest_gateway_port})")
         print("  console: this terminal; quit with Ctrl-A X", flush=True)
-        cmd = command(overlay(image, Path(tmp)), ports, guest_gateway_port=guest_gateway_port,
-                      variables=variables, serial="mon:stdio")
+        cmd = command(
+            overlay(image, Path(tmp)),
+            ports,
+            guest_gateway_port=guest_gateway_port,
+            variables=variables,
+            serial="mon:stdio",
+        )
         return subprocess.run(cmd, check=False).returncode

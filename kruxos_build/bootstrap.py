@@ -36,14 +36,12 @@ def ensure_tools_python() -> None:
         return
     python = VENV / "bin" / "python"
     if Path(sys.prefix).resolve() == VENV.resolve():
-        _fail(f"{VENV} lacks the builder's dependencies",
-              f"{python} -m pip install -r {REQUIREMENTS}")
+        _fail(f"{VENV} lacks the builder's dependencies", f"{python} -m pip install -r {REQUIREMENTS}")
     if not python.exists():
         print(f"build.py: creating {VENV} for the builder's dependencies", file=sys.stderr)
         try:
             subprocess.run(["/usr/bin/python3", "-m", "venv", str(VENV)], check=True)
             subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)], check=True)
         except (OSError, subprocess.CalledProcessError):
-            _fail(f"cannot create {VENV}",
-                  "apt-get install python3-venv (as root), then run build.py again")
+            _fail(f"cannot create {VENV}", "apt-get install python3-venv (as root), then run build.py again")
     os.execv(python, [str(python), *sys.argv])

@@ -39,22 +39,35 @@ def _parser() -> argparse.ArgumentParser:
     # The common options work before and after the command: ./build.py --description F render, or
     # ./build.py render --description F. In the subcommands they default to "unset" so as not to override.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--description", type=Path, default=argparse.SUPPRESS, metavar="FILE",
-                        help="appliance description (default: appliance.yaml)")
+    common.add_argument(
+        "--description",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="appliance description (default: appliance.yaml)",
+    )
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     parser = argparse.ArgumentParser(
-        prog="build.py", parents=[common],
-        description="Build the KruxOS appliance disk image (see docs/image.md).")
+        prog="build.py",
+        parents=[common],
+        description="Build the KruxOS appliance disk image (see docs/image.md).",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     build = commands.add_parser("build", parents=[common], help="build the image (the default)")
-    build.add_argument("--force", action="store_true",
-                       help="drop mkosi's incremental cache and reinstall the distribution")
-    commands.add_parser("render", parents=[common], help="render build/generated and check it with mkosi summary")
-    boot_cmd = commands.add_parser("boot", parents=[common], help="boot the built image in QEMU (serial console here)")
+    build.add_argument(
+        "--force", action="store_true", help="drop mkosi's incremental cache and reinstall the distribution"
+    )
+    commands.add_parser(
+        "render", parents=[common], help="render build/generated and check it with mkosi summary"
+    )
+    boot_cmd = commands.add_parser(
+        "boot", parents=[common], help="boot the built image in QEMU (serial console here)"
+    )
     boot_cmd.add_argument("--image", type=Path, help="raw image (default: the one build/out holds)")
-    clean = commands.add_parser("clean", parents=[common], help="remove build/ outputs (keeps the cache and the dev SSH key)")
-    clean.add_argument("--all", action="store_true",
-                       help="also remove the incremental cache and build/ssh")
+    clean = commands.add_parser(
+        "clean", parents=[common], help="remove build/ outputs (keeps the cache and the dev SSH key)"
+    )
+    clean.add_argument("--all", action="store_true", help="also remove the incremental cache and build/ssh")
     return parser
 
 
@@ -89,8 +102,11 @@ def cmd_build(args: argparse.Namespace, layout: Layout, stage: Stages) -> int:
         (layout.build / "mkosi-summary.txt").write_text(mkosi.summary(layout))
     log = layout.build / "mkosi.log"
     cache_hit = any(layout.cache.glob("*.cache")) and not args.force
-    print(f"    mkosi's log: {log}; " + ("reusing the cached distribution in " if cache_hit
-                                          else "installing Debian, cache: ") + str(layout.cache))
+    print(
+        f"    mkosi's log: {log}; "
+        + ("reusing the cached distribution in " if cache_hit else "installing Debian, cache: ")
+        + str(layout.cache)
+    )
     with stage("mkosi build"):
         mkosi.build(layout, log=log, force=args.force)
     result = outputs.make(d, rendered, layout, stage=stage)
@@ -106,13 +122,18 @@ def cmd_boot(args: argparse.Namespace, layout: Layout, stage: Stages) -> int:
     image = args.image or layout.out / f"{outputs.stem(d)}.raw"
     if not image.exists():
         raise BuildError(f"no image at {image}", hint="build it first: ./build.py")
-    host.ensure(boot=True)
+    host.ensure(boot_only=True)
     return boot.interactive(image, guest_gateway_port=d.gateway.port)
 
 
 def cmd_clean(args: argparse.Namespace, layout: Layout, stage: Stages) -> int:
-    doomed = [layout.generated, layout.out, layout.mkosi_out, layout.build / "mkosi.log",
-              layout.build / "mkosi-summary.txt"]
+    doomed = [
+        layout.generated,
+        layout.out,
+        layout.mkosi_out,
+        layout.build / "mkosi.log",
+        layout.build / "mkosi-summary.txt",
+    ]
     if args.all:
         doomed += [layout.cache, layout.ssh_key.parent]
     for path in doomed:

@@ -18,8 +18,10 @@ _HOSTNAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 _VERSION = r"^[0-9]+(\.[0-9]+)*([~+-][A-Za-z0-9.]+)?$"
 _PACKAGE = r"^[a-z0-9][a-z0-9+.-]+$"
 _URL = r"^https?://[^\s/]+(/[^\s]*)?$"
-_SSH_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com"
-                      r"|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( .*)?$")
+_SSH_KEY = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com"
+    r"|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( .*)?$"
+)
 
 
 def _absolute_path(value: str) -> str:
@@ -99,8 +101,9 @@ def parse(data: Any, source: str) -> Description:
     try:
         return Description.model_validate(data)
     except ValidationError as e:
-        raise DescriptionError(f"{source}: {_describe(e.errors()[0])}",
-                               hint="see appliance.yaml for every key and what it takes") from None
+        raise DescriptionError(
+            f"{source}: {_describe(e.errors()[0])}", hint="see appliance.yaml for every key and what it takes"
+        ) from None
 
 
 def load(path: Path) -> Description:

@@ -25,13 +25,16 @@ class Tool:
     command: str
     package: str
     backports: bool = False
+    only_on: int | None = None  # needed on this Debian version only
 
 
-# mkosi builds the image; the rest are the programs mkosi and build.py call.
+MKOSI_MINIMUM = 24
+# mkosi builds the image; the rest are the programs mkosi and build.py call. On Debian 13, mkosi's own
+# dependencies bring most of them.
 BUILD_TOOLS = (
     Tool("mkosi", "mkosi", backports=True),
     Tool("systemd-repart", "systemd", backports=True),  # partitions the disk image (254+ for mkosi 24)
-    Tool("bootctl", "systemd-boot", backports=True),  # mkosi installs systemd-boot with it
+    Tool("bootctl", "systemd-boot", backports=True, only_on=12),  # mkosi 24 installs systemd-boot with it
     Tool("depmod", "kmod", backports=True),
     Tool("mkfs.vfat", "dosfstools"),  # the ESP
     Tool("mcopy", "mtools"),  # systemd-repart fills the ESP with it
@@ -63,25 +66,49 @@ def debian_version() -> int | None:
         return None
 
 
+def _mkosi_major(mkosi: str) -> int:
+    """mkosi's major version (Debian 12's own mkosi is 14: too old, backports has 24)."""
+    try:
+        out = subprocess.run([mkosi, "--version"], capture_output=True, text=True, check=False).stdout
+        return int(out.split()[-1].split(".")[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _has_backports() -> bool:
+    sources = [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*")]
+    for path in sources:
+        try:
+            if "bookworm-backports" in path.read_text():
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def _python_has(module: str) -> bool:
     result = subprocess.run(["/usr/bin/python3", "-c", f"import {module}"], capture_output=True, check=False)
     return result.returncode == 0
 
 
-def missing_packages(tools: tuple[Tool, ...], *, boot: bool = False) -> tuple[list[str], list[str]]:
+def missing_packages(*, boot: bool = True, build: bool = True) -> tuple[list[str], list[str]]:
     """(packages from the main archive, packages from backports) that provide missing tools."""
+    tools = (BUILD_TOOLS if build else ()) + (BOOT_TOOLS if boot else ())
     version = debian_version()
     main: list[str] = []
     backports: list[str] = []
     for tool in tools:
-        if shutil.which(tool.command, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None:
+        if tool.only_on not in (None, version):
+            continue
+        found = shutil.which(tool.command, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+        if found is None or (tool.command == "mkosi" and _mkosi_major(found) < MKOSI_MINIMUM):
             (backports if tool.backports and version == 12 else main).append(tool.package)
     for module, package in HOST_PYTHON_MODULES:
-        if not boot and not _python_has(module):
+        if build and not _python_has(module):
             main.append(package)
     if boot and not any(Path(p).exists() for p in OVMF_CODE):
         main.append("ovmf")
-    if not boot and version == 12:
+    if build and version == 12:
         # trixie's archive keys are in bookworm's keyring since 2023.3+deb12u1: keep it current
         main.append("debian-archive-keyring")
     return sorted(set(main)), sorted(set(backports))
@@ -89,24 +116,31 @@ def missing_packages(tools: tuple[Tool, ...], *, boot: bool = False) -> tuple[li
 
 def install_command(main: list[str], backports: list[str]) -> str:
     parts = []
-    if backports and not BACKPORTS_LIST.exists():
+    if backports and not _has_backports():
         parts.append(f"echo 'deb http://deb.debian.org/debian bookworm-backports main' > {BACKPORTS_LIST}")
     parts.append("apt-get update")
     if backports:
-        parts.append("apt-get install -y --no-install-recommends -t bookworm-backports " + " ".join(backports))
+        parts.append(
+            "apt-get install -y --no-install-recommends -t bookworm-backports " + " ".join(backports)
+        )
     if main:
         parts.append("apt-get install -y --no-install-recommends " + " ".join(main))
     return " && ".join(parts)
 
 
-def ensure(*, boot: bool = False) -> list[str]:
-    """Install what is missing (root) or fail with the command to run. Returns the installed packages."""
+def ensure(*, boot_only: bool = False) -> list[str]:
+    """Install what is missing (root) or fail with the command to run. Returns the installed packages.
+
+    The build installs the tools to boot the image too (QEMU, OVMF): ``build.py boot`` and the tests use them.
+    """
     if debian_version() not in (12, 13):
         if shutil.which("mkosi") is None:
-            raise BuildError("this host is not Debian 12 or 13 and has no mkosi",
-                             hint="install mkosi (>= 24) and its tools with your distribution's package manager")
+            raise BuildError(
+                "this host is not Debian 12 or 13 and has no mkosi",
+                hint="install mkosi (>= 24) and its tools with your distribution's package manager",
+            )
         return []
-    main, backports = missing_packages(BOOT_TOOLS if boot else BUILD_TOOLS, boot=boot)
+    main, backports = missing_packages(build=not boot_only)
     if main == ["debian-archive-keyring"] and not backports:
         main = []  # nothing is missing; the keyring is refreshed only alongside a real install
     if not main and not backports:
@@ -114,8 +148,14 @@ def ensure(*, boot: bool = False) -> list[str]:
     command = install_command(main, backports)
     if os.geteuid() != 0:
         raise BuildError("build tools are missing: " + " ".join(main + backports), hint=f"as root: {command}")
-    result = subprocess.run(["sh", "-c", command], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                            check=False, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    result = subprocess.run(
+        ["sh", "-c", command],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise BuildError(f"installing build tools failed: {last}", hint=f"run it by hand: {command}")

@@ -20,20 +20,29 @@ def _mkosi() -> str:
 
 def summary(layout: Layout) -> str:
     """``mkosi summary`` of the merged config; fails if mkosi rejects it."""
-    result = subprocess.run([_mkosi(), "-C", str(layout.root), "summary"], capture_output=True, text=True,
-                            stdin=subprocess.DEVNULL, check=False)
+    result = subprocess.run(
+        [_mkosi(), "-C", str(layout.root), "summary"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise BuildError(f"mkosi summary rejected the generated config: {last}",
-                         hint=f"check {layout.generated / 'mkosi.conf'} and mkosi.conf")
+        raise BuildError(
+            f"mkosi summary rejected the generated config: {last}",
+            hint=f"check {layout.generated / 'mkosi.conf'} and mkosi.conf",
+        )
     return result.stdout
 
 
 def build(layout: Layout, *, log: Path, force: bool = False) -> None:
     """``mkosi build``, its output to ``log`` (and the terminal when verbose)."""
     if os.geteuid() != 0:
-        raise BuildError("building the image needs root (mkosi installs packages into the image tree)",
-                         hint="sudo ./build.py")
+        raise BuildError(
+            "building the image needs root (mkosi installs packages into the image tree)",
+            hint="sudo ./build.py",
+        )
     layout.cache.mkdir(parents=True, exist_ok=True)
     layout.mkosi_out.mkdir(parents=True, exist_ok=True)
     command = [_mkosi(), "-C", str(layout.root), "--force"]
@@ -42,9 +51,9 @@ def build(layout: Layout, *, log: Path, force: bool = False) -> None:
     command.append("build")
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:
-        result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                check=False)
+        result = subprocess.run(
+            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False
+        )
     if result.returncode != 0:
         tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:]
-        raise BuildError(f"mkosi build failed: {tail[0] if tail else 'no output'}",
-                         hint=f"full log: {log}")
+        raise BuildError(f"mkosi build failed: {tail[0] if tail else 'no output'}", hint=f"full log: {log}")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,10 +56,15 @@ def _link_or_copy(source: Path, target: Path) -> None:
 def git_commit(root: Path) -> str | None:
     """HEAD's commit, with "-dirty" when the tree has uncommitted changes; None outside git."""
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
     return f"{head}-dirty" if dirty else head
@@ -77,18 +85,23 @@ def packages(mkosi_manifest: Path) -> list[dict[str, str]]:
     except (OSError, ValueError) as e:
         raise BuildError(f"cannot read mkosi's manifest {mkosi_manifest}: {e}") from None
     return sorted(
-        ({"name": p["name"], "version": p["version"], "architecture": p.get("architecture", "")}
-         for p in data.get("packages", [])),
+        (
+            {"name": p["name"], "version": p["version"], "architecture": p.get("architecture", "")}
+            for p in data.get("packages", [])
+        ),
         key=lambda p: p["name"],
     )
 
 
-def make(description: Description, rendered: Rendered, layout: Layout,
-         stage: Any = None) -> Outputs:
-    """Collect mkosi's image into build/out and make the rest next to it.
+Stage = Callable[[str], AbstractContextManager[None]]
 
-    ``stage`` is the CLI's stage timer (a context manager factory taking a title), or None.
-    """
+
+def _untimed(title: str) -> AbstractContextManager[None]:
+    return contextlib.nullcontext()
+
+
+def make(description: Description, rendered: Rendered, layout: Layout, stage: Stage = _untimed) -> Outputs:
+    """Collect mkosi's image into build/out and make the rest next to it, each step timed by ``stage``."""
     name = stem(description)
     source = layout.mkosi_out / f"{name}.raw"
     if not source.exists():
@@ -97,21 +110,23 @@ def make(description: Description, rendered: Rendered, layout: Layout,
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    outputs = Outputs(raw=out / f"{name}.raw", zst=out / f"{name}.raw.zst", bmap=out / f"{name}.bmap",
-                      manifest=out / f"{name}.manifest.json", sums=out / "SHA256SUMS")
-
-    def timed(title: str) -> Any:
-        import contextlib
-
-        return stage(title) if stage is not None else contextlib.nullcontext()
+    outputs = Outputs(
+        raw=out / f"{name}.raw",
+        zst=out / f"{name}.raw.zst",
+        bmap=out / f"{name}.bmap",
+        manifest=out / f"{name}.manifest.json",
+        sums=out / "SHA256SUMS",
+    )
 
     _link_or_copy(source, outputs.raw)
-    with timed("bmap"):
+    with stage("bmap"):
         _run(["bmaptool", "create", "-o", str(outputs.bmap), str(outputs.raw)], "bmaptool create")
-    with timed("compress (zstd)"):
-        _run(["zstd", "-q", "-T0", "-6", "--force", "--sparse", "-o", str(outputs.zst), str(outputs.raw)],
-             "zstd")
-    with timed("manifest + SHA256SUMS"):
+    with stage("compress (zstd)"):
+        _run(
+            ["zstd", "-q", "-T0", "-6", "--force", "--sparse", "-o", str(outputs.zst), str(outputs.raw)],
+            "zstd",
+        )
+    with stage("manifest + SHA256SUMS"):
         manifest = {
             "name": description.name,
             "appliance_version": description.version,
@@ -122,12 +137,17 @@ def make(description: Description, rendered: Rendered, layout: Layout,
             "sdk_version": rendered.sdk_version,
             "gateway_version": rendered.gateway_version,
             "staged": list(rendered.staged),
-            "image": {"file": outputs.raw.name, "apparent_bytes": outputs.raw.stat().st_size,
-                      "allocated_bytes": outputs.raw.stat().st_blocks * 512,
-                      "compressed_bytes": outputs.zst.stat().st_size},
+            "image": {
+                "file": outputs.raw.name,
+                "apparent_bytes": outputs.raw.stat().st_size,
+                "allocated_bytes": outputs.raw.stat().st_blocks * 512,
+                "compressed_bytes": outputs.zst.stat().st_size,
+            },
             "packages": packages(layout.mkosi_out / f"{name}.manifest"),
         }
         outputs.manifest.write_text(json.dumps(manifest, indent=2) + "\n")
-        lines = [f"{_sha256(p)}  {p.name}\n" for p in (outputs.raw, outputs.zst, outputs.bmap, outputs.manifest)]
+        lines = [
+            f"{_sha256(p)}  {p.name}\n" for p in (outputs.raw, outputs.zst, outputs.bmap, outputs.manifest)
+        ]
         outputs.sums.write_text("".join(lines))
     return outputs

@@ -50,7 +50,7 @@ def _environment(root: Path) -> jinja2.Environment:
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
-        autoescape=False,  # noqa: S701  # config files and shell, never HTML
+        autoescape=False,  # config files and shell, never HTML
     )
 
 
@@ -98,11 +98,15 @@ def ensure_build_key(layout: Layout) -> None:
         return
     layout.ssh_key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kruxos-build",
-                        "-f", str(layout.ssh_key)], check=True, stdin=subprocess.DEVNULL)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kruxos-build", "-f", str(layout.ssh_key)],
+            check=True,
+            stdin=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.CalledProcessError) as e:
-        raise BuildError(f"cannot create the dev SSH key {layout.ssh_key}: {e}",
-                         hint="install openssh-client") from None
+        raise BuildError(
+            f"cannot create the dev SSH key {layout.ssh_key}: {e}", hint="install openssh-client"
+        ) from None
 
 
 def _write(path: Path, text: str, mode: int) -> None:
@@ -150,8 +154,10 @@ def render(description: Description, description_path: Path, layout: Layout) -> 
         try:
             text = env.get_template(template).render(context)
         except jinja2.TemplateError as e:
-            raise BuildError(f"{OVERLAY}/{template}: {e.message or type(e).__name__}",
-                             hint="fix the template, or the description key it uses") from None
+            raise BuildError(
+                f"{OVERLAY}/{template}: {e.message or type(e).__name__}",
+                hint="fix the template, or the description key it uses",
+            ) from None
         if all(not line.strip() or line.startswith("#") for line in text.splitlines()):
             continue  # a file that says nothing for this description is not written at all
         target = generated / template.removesuffix(".j2")
@@ -165,12 +171,14 @@ def render(description: Description, description_path: Path, layout: Layout) -> 
     profile_script = root / "profile.d" / "kruxos-sdk.sh"
     _write(extra / "etc/profile.d/kruxos-sdk.sh", profile_script.read_text(), 0o644)
 
-    staged = []
-    for source, target in ((SDK_SOURCE, "opt/kruxos/sdk/python/kruxos"),
-                           (GATEWAY_SOURCE, "opt/kruxos/gateway/kruxos_gateway")):
-        if (root / source / "__init__.py").exists():
-            shutil.copytree(root / source, extra / target, ignore=_IGNORE)
-            staged.append(target)
+    staged: list[str] = []
+    for package, in_image in (
+        (SDK_SOURCE, "opt/kruxos/sdk/python/kruxos"),
+        (GATEWAY_SOURCE, "opt/kruxos/gateway/kruxos_gateway"),
+    ):
+        if (root / package / "__init__.py").exists():  # the others may not have written it yet
+            shutil.copytree(root / package, extra / in_image, ignore=_IGNORE)
+            staged.append(in_image)
     _fix_modes(extra)
     (generated / "pkgmngr").chmod(0o755)
 

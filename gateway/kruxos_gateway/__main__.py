@@ -1,7 +1,8 @@
 """``python -m kruxos_gateway --config FILE``: run the gateway daemon until SIGTERM or SIGINT.
 
-Exit codes: 0 after a clean shutdown, 2 for a bad configuration or command line (one line on
-stderr, no traceback), 1 if the gateway cannot start (e.g. the port is taken).
+Exit codes: 0 after a clean shutdown, 2 for a bad configuration, policy file or command line (one
+line on stderr, no traceback), 1 if the gateway cannot start (e.g. the port is taken). SIGHUP reloads
+the policy file; SIGUSR1 (from kruxosctl) makes it apply approval decisions at once.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from .app import Gateway
+from .approvals import PolicyGate, initial_policy, remove_pidfile, write_pidfile
 from .capabilities import RunAs, default_registry
 from .capabilities.process import resolve_run_as
 from .config import DEFAULT_CONFIG_PATH, GatewayConfig, ListenConfig, describe_validation_error, load_config
 from .db import Database
 from .errors import ConfigError
 from .logs import configure_logging
+from .policy import Policy, PolicyError
 from .sdnotify import notify
 from .server import GatewayServer
 
@@ -80,8 +83,10 @@ def write_port_file(path: Path, port: int) -> None:
         raise
 
 
-async def run(config: GatewayConfig, run_as: RunAs | None, port_file: Path | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, then drain and return."""
+async def run(
+    config: GatewayConfig, run_as: RunAs | None, port_file: Path | None = None, policy: Policy | None = None
+) -> None:
+    """Serve until SIGTERM or SIGINT, then drain and return (SIGHUP reloads the policy)."""
     # Handlers first: a SIGTERM right after READY=1 must already drain, not kill.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -90,7 +95,15 @@ async def run(config: GatewayConfig, run_as: RunAs | None, port_file: Path | Non
     db = Database(config.db_path)
     await asyncio.to_thread(db.start)
     try:
-        server = GatewayServer(config, db, Gateway(config, db, default_registry(), run_as=run_as))
+        gateway = Gateway(config, db, default_registry(), run_as=run_as)
+        policy_path = Path(config.policy.file)
+        gate = PolicyGate(policy or initial_policy(policy_path), gateway.approvals, policy_path)
+        gateway.policy = gate
+        loop.add_signal_handler(signal.SIGHUP, gate.reload_logged)
+        loop.add_signal_handler(signal.SIGUSR1, gateway.approvals.wake)
+        await gateway.approvals.start(config.policy.approval_poll_interval)
+        pidfile = write_pidfile(config.state_dir)
+        server = GatewayServer(config, db, gateway)
         await server.start()
         host, port = server.address
         if port_file is not None:
@@ -108,6 +121,8 @@ async def run(config: GatewayConfig, run_as: RunAs | None, port_file: Path | Non
         notify("STOPPING=1\nSTATUS=draining")
         log.info("shutting down")
         await server.shutdown()
+        await gateway.approvals.close()
+        remove_pidfile(pidfile)
     finally:
         await db.close()
     log.info("stopped")
@@ -122,7 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: config error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(run(config, run_as, args.port_file))
+        policy = initial_policy(Path(config.policy.file))
+    except PolicyError as exc:
+        print(f"{PROG}: policy error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(run(config, run_as, args.port_file, policy))
     except OSError as exc:
         print(f"{PROG}: error: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -8,17 +8,19 @@ and raise ``PolicyDenied`` / ``ApprovalRequired`` from the hook).
 
 from __future__ import annotations
 
-import functools
 import logging
 import secrets
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from . import store
+from .approvals import ApprovalParams, Approvals
 from .capabilities import Context, Registry, RunAs, validate_inputs
 from .config import GatewayConfig
 from .db import Database
@@ -35,6 +37,7 @@ from .models import (
     ResponseFrame,
 )
 from .protocol import error_frame, one_line, response_frame
+from .state.service import StateService
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -109,9 +112,15 @@ class Gateway:
         self.workspace = Workspace(config.workspace.root)
         self.run_as = run_as
         self.policy = policy or AllowAll()
+        # Human approvals: approvals.check, exactly-once runs of approved invocations, pushed results.
+        self.approvals = Approvals(self)
         # Live sessions by id: features that push events (approvals, state watches) find them here.
         self.sessions: dict[str, Caller] = {}
         self._on_session_closed: list[SessionHook] = []
+        # Methods that features add, by name (agent state: state.shared.watch, transaction.*).
+        self.methods: dict[str, Callable[[Caller, dict[str, Any]], Awaitable[dict[str, Any]]]] = {}
+        # Agent state: state.* capabilities, watches, transactions, briefings (state/service.py).
+        self.state = StateService(self)
 
     # --- sessions -------------------------------------------------------------------------------
 
@@ -158,6 +167,10 @@ class Gateway:
             return {"capability": self.registry.get(name).definition.model_dump(mode="json")}
         if method == "capabilities.invoke":
             return await self.invoke(caller, _params(InvokeParams, params, method))
+        if method == "approvals.check":
+            return await self.approvals.check(caller, _params(ApprovalParams, params, method))
+        if (extension := self.methods.get(method)) is not None:
+            return await extension(caller, params)
         raise AssertionError(f"method {method!r} passed the protocol core but has no handler")
 
     async def invoke(self, caller: Caller, params: InvokeParams) -> dict[str, Any]:
@@ -205,18 +218,27 @@ class Gateway:
     def _audit(
         self, caller: Caller, invocation_id: str, params: InvokeParams, outcome: str, duration_ms: float
     ) -> None:
-        """Queue the invocation's audit record; it is group-committed off the answer's path (db.py)."""
-        record = store.AuditRecord(
-            ts=store.now(),
-            key_name=caller.key_name,
-            session_id=caller.session_id,
-            invocation_id=invocation_id,
-            capability=params.name,
-            inputs_sha256=store.inputs_digest(params.inputs),
-            outcome=outcome,
-            duration_ms=duration_ms,
-        )
-        self.db.submit(functools.partial(store.append_audit, record=record))
+        """Queue the invocation's audit record; it is group-committed off the answer's path (db.py).
+
+        Only the clock is read here: the record (its timestamp text, the digest of the inputs) is
+        built on the database thread, not on the event loop that answers the next request.
+        """
+        when = datetime.now(UTC)
+
+        def append(conn: sqlite3.Connection) -> None:
+            record = store.AuditRecord(
+                ts=store.iso_ms(when),
+                key_name=caller.key_name,
+                session_id=caller.session_id,
+                invocation_id=invocation_id,
+                capability=params.name,
+                inputs_sha256=store.inputs_digest(params.inputs),
+                outcome=outcome,
+                duration_ms=duration_ms,
+            )
+            store.append_audit(conn, record)
+
+        self.db.submit(append)
 
 
 def _elapsed_ms(started: float) -> float:

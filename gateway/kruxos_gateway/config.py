@@ -66,6 +66,22 @@ class NetworkConfig(_Section):
     default_timeout: PositiveFloat = 30.0
 
 
+class PolicyConfig(_Section):
+    # The policy file; if it does not exist the shipped default policy applies (docs/gateway.md).
+    file: str = "/etc/kruxos/policy.yaml"
+    approval_timeout: PositiveFloat = 3600.0
+    approval_poll_interval: PositiveFloat = 2.0
+
+
+class StateConfig(_Section):
+    # Agent state (docs/gateway.md, *Agent state*).
+    max_key_length: PositiveInt = 256
+    max_value_bytes: PositiveInt = 262_144
+    max_session_keys: PositiveInt = 10_000
+    persistent_history: PositiveInt = 100
+    shared_history: PositiveInt = 100_000
+
+
 class GatewayConfig(_Section):
     listen: ListenConfig = ListenConfig()
     state_dir: Path = Path("/var/lib/kruxos")
@@ -75,6 +91,8 @@ class GatewayConfig(_Section):
     filesystem: FilesystemConfig = FilesystemConfig()
     process: ProcessConfig = ProcessConfig()
     network: NetworkConfig = NetworkConfig()
+    state: StateConfig = StateConfig()
+    policy: PolicyConfig = PolicyConfig()
 
     @property
     def db_path(self) -> Path:

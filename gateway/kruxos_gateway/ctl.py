@@ -41,7 +41,7 @@ class CtlError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Manage a KruxOS gateway: keys, audit log, alerts."
+        prog=PROG, description="Manage a KruxOS gateway: keys, audit log, alerts, policy, approvals."
     )
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, help="gateway configuration file")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
 
     alerts = commands.add_parser("alerts", help="show the last alerts")
     alerts.add_argument("-n", type=int, default=20, help="how many alerts (default 20)")
+
+    from . import ctl_approvals  # imports this module: loaded only once it is complete
+
+    ctl_approvals.add_parsers(commands)
     return parser
 
 
@@ -215,6 +219,15 @@ def run(args: argparse.Namespace) -> None:
     # Opened before dropping privileges: root may write where the gateway's user may not.
     output = _open_output(args.output) if getattr(args, "output", None) else None
     _drop_privileges(config.state_dir)
+    if args.command in ("policy", "approvals"):
+        from . import ctl_approvals
+
+        if args.command == "policy":
+            ctl_approvals.run_policy(config, args)
+            return
+        with _database(config.state_dir) as conn:
+            ctl_approvals.run_approvals(conn, config, args)
+        return
     with _database(config.state_dir) as conn:
         if args.command == "keys":
             # store functions never commit: each command that writes is one transaction.

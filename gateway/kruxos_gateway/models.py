@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-InputType = Literal["string", "integer", "number", "boolean", "object", "array", "string_or_array"]
+InputType = Literal["string", "integer", "number", "boolean", "object", "array", "string_or_array", "any"]
 PermissionTier = Literal["read", "write", "execute", "network", "notify", "admin"]
 
 

@@ -27,8 +27,14 @@ from .models import (
     ResponseFrame,
     ServerFrame,
 )
+from .state.methods import STATE_METHODS
 
-METHODS = frozenset({"ping", "capabilities.list", "capabilities.describe", "capabilities.invoke"})
+METHODS = (
+    frozenset(
+        {"ping", "capabilities.list", "capabilities.describe", "capabilities.invoke", "approvals.check"}
+    )
+    | STATE_METHODS
+)
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001

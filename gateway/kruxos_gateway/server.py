@@ -151,6 +151,10 @@ class GatewayServer:
             ping_interval=KEEPALIVE_INTERVAL,
             ping_timeout=KEEPALIVE_INTERVAL,
             server_header=f"kruxos-gateway/{__version__}",
+            # No permessage-deflate (websockets negotiates it by default): kruxos.v1 frames are small
+            # JSON on loopback or a LAN, where zlib on both ends costs more than the bytes it saves
+            # (bench/gateway_bench.py); a client that offers it simply gets plain frames.
+            compression=None,
         )
 
     @property

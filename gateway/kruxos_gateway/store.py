@@ -74,6 +74,12 @@ def connect(path: Path) -> sqlite3.Connection:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+    from .approvals_store import SCHEMA as approvals_schema  # approvals' tables (idempotent)
+
+    conn.executescript(approvals_schema)
+    from .state.schema import ensure as ensure_state_schema  # agent state's tables (idempotent)
+
+    ensure_state_schema(conn)
     return conn
 
 
@@ -91,7 +97,24 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 def now() -> str:
     """The current UTC time as ISO 8601 with milliseconds, e.g. ``2026-11-27T14:30:00.123Z``."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return iso_ms(datetime.now(UTC))
+
+
+def iso_ms(when: datetime) -> str:
+    """A UTC datetime as ``now()`` writes it: ISO 8601 with milliseconds (truncated) and ``Z``."""
+    if when.year < 1000:  # strftime's %Y is not zero-padded; keep its exact text for such years
+        return when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    # The same text as strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z" in half the time (every invocation
+    # formats one or two of these); %-formatting is also faster here than an f-string.
+    return "%d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031
+        when.year,
+        when.month,
+        when.day,
+        when.hour,
+        when.minute,
+        when.second,
+        when.microsecond // 1000,
+    )
 
 
 # --- API keys -----------------------------------------------------------------------------------
@@ -152,9 +175,13 @@ def authenticate(conn: sqlite3.Connection, key: str) -> str | None:
 # --- audit --------------------------------------------------------------------------------------
 
 
+# What json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str) uses, built once.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def inputs_digest(inputs: dict[str, Any]) -> str:
     """SHA-256 of the canonical JSON of the inputs (sorted keys, no spaces, UTF-8)."""
-    canonical = json.dumps(inputs, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    canonical = _CANONICAL_JSON.encode(inputs)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 

@@ -1,4 +1,4 @@
-"""Shared constants of the fast image-builder tests (a uniquely named module: both test folders have a conftest)."""
+"""Shared constants of the fast image-builder tests (uniquely named: both test folders have a conftest)."""
 
 from __future__ import annotations
 

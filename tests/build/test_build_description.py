@@ -20,7 +20,9 @@ def test_the_embedded_default_description_is_valid() -> None:
 
 
 def test_defaults_fill_the_optional_keys() -> None:
-    d = description.parse({"name": "kx", "version": "1", "debian": {"release": "trixie"}, "hostname": "kx"}, "t")
+    d = description.parse(
+        {"name": "kx", "version": "1", "debian": {"release": "trixie"}, "hostname": "kx"}, "t"
+    )
     assert d.gateway.port == 7700
     assert d.debian.security_mirror == "http://deb.debian.org/debian-security"
     assert d.profile == "dev"
@@ -51,7 +53,9 @@ BAD = [
     pytest.param("gateway.prot", 7700, "gateway.prot: unknown key", id="unknown-nested-key"),
     pytest.param("name", _DELETE, "name: required key is missing", id="missing-key"),
     pytest.param("gateway.port", "7700", "gateway.port: must be a valid integer", id="port-wrong-type"),
-    pytest.param("gateway.port", 70000, "gateway.port: must be less than or equal to 65535", id="port-too-big"),
+    pytest.param(
+        "gateway.port", 70000, "gateway.port: must be less than or equal to 65535", id="port-too-big"
+    ),
     pytest.param("gateway.port", 0, "gateway.port: must be greater than or equal to 1", id="port-zero"),
     pytest.param("profile", "prod", "profile: must be 'dev' or 'release'", id="unknown-profile"),
     pytest.param("debian.release", "bookworm", "debian.release: must be 'trixie'", id="unsupported-release"),
@@ -63,14 +67,19 @@ BAD = [
     pytest.param("packages", "vim", "packages: must be a valid list", id="packages-not-a-list"),
     pytest.param("packages", ["Bad Name"], "packages.0: is not valid here", id="bad-package-name"),
     pytest.param("ssh_keys", ["hunter2"], "ssh_keys.0: must be an OpenSSH public key line", id="bad-ssh-key"),
-    pytest.param("profile", "release", "the release profile needs at least one operator key",
-                 id="release-without-operator-key"),
+    pytest.param(
+        "profile",
+        "release",
+        "the release profile needs at least one operator key",
+        id="release-without-operator-key",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("key", "value", "message"), BAD)
-def test_a_bad_description_is_one_line_naming_the_key(valid: dict[str, Any], key: str, value: Any,
-                                                      message: str) -> None:
+def test_a_bad_description_is_one_line_naming_the_key(
+    valid: dict[str, Any], key: str, value: Any, message: str
+) -> None:
     with pytest.raises(DescriptionError) as caught:
         description.parse(_set(valid, key, value), "appliance.yaml")
     assert caught.value.message.startswith(f"appliance.yaml: {message}")
@@ -78,10 +87,13 @@ def test_a_bad_description_is_one_line_naming_the_key(valid: dict[str, Any], key
     assert caught.value.code == 2
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    pytest.param("- just\n- a list\n", "must be a YAML mapping", id="not-a-mapping"),
-    pytest.param("name: [unclosed\n", "not valid YAML at line", id="invalid-yaml"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param("- just\n- a list\n", "must be a YAML mapping", id="not-a-mapping"),
+        pytest.param("name: [unclosed\n", "not valid YAML at line", id="invalid-yaml"),
+    ],
+)
 def test_a_description_that_is_not_a_mapping_is_refused(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "d.yaml"
     path.write_text(text)
@@ -90,7 +102,8 @@ def test_a_description_that_is_not_a_mapping_is_refused(tmp_path: Path, text: st
 
 
 def test_the_cli_reports_a_bad_description_in_one_line_and_exits_2_before_mkosi(
-        tmp_path: Path, valid: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, valid: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(_set(valid, "gateway.port", 70000)))
     assert cli.main(["build", "--description", str(path)]) == 2
@@ -104,5 +117,8 @@ def test_the_cli_reports_a_bad_description_in_one_line_and_exits_2_before_mkosi(
 
 def test_a_missing_description_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["render", "--description", str(tmp_path / "nope.yaml")]) == 2
-    assert capsys.readouterr().err.splitlines()[0].endswith("nope.yaml: cannot read the description: "
-                                                            "No such file or directory")
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[0]
+        .endswith("nope.yaml: cannot read the description: No such file or directory")
+    )

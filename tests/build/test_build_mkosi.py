@@ -29,8 +29,9 @@ def clone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Layout:
 
 @pytest.mark.parametrize("profile", ["dev", "release"])
 def test_mkosi_summary_accepts_the_generated_config(clone: Layout, profile: str) -> None:
-    d = description.load(ROOT / "appliance.yaml").model_copy(update={
-        "profile": profile, "ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOperator op@example"]})
+    d = description.load(ROOT / "appliance.yaml").model_copy(
+        update={"profile": profile, "ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOperator op@example"]}
+    )
     render.render(d, ROOT / "appliance.yaml", clone)
     summary = mkosi.summary(clone)
     assert "Release: trixie" in summary

@@ -45,8 +45,9 @@ def test_the_drop_in_carries_the_description(layout: Layout, valid: dict[str, An
     assert conf["Content"]["Packages"].split() == ["curl", "vim-tiny"]
 
 
-def test_apt_sources_are_main_updates_and_security_from_the_mirrors_only(layout: Layout,
-                                                                         valid: dict[str, Any]) -> None:
+def test_apt_sources_are_main_updates_and_security_from_the_mirrors_only(
+    layout: Layout, valid: dict[str, Any]
+) -> None:
     valid["debian"]["mirror"] = "http://mirror.example/debian"
     sources = (_render(layout, valid) / "pkgmngr/etc/apt/sources.list.d/mkosi.sources").read_text()
     assert "URIs: http://mirror.example/debian\nSuites: trixie trixie-updates\n" in sources
@@ -54,8 +55,9 @@ def test_apt_sources_are_main_updates_and_security_from_the_mirrors_only(layout:
     assert "debug" not in sources
 
 
-def test_gateway_config_has_the_port_workspace_and_unprivileged_process_user(layout: Layout,
-                                                                            valid: dict[str, Any]) -> None:
+def test_gateway_config_has_the_port_workspace_and_unprivileged_process_user(
+    layout: Layout, valid: dict[str, Any]
+) -> None:
     valid.update(gateway={"port": 8800}, workspace="/srv/agents")
     config = yaml.safe_load((_render(layout, valid) / "extra/etc/kruxos/gateway.yaml").read_text())
     assert config["listen"] == {"host": "0.0.0.0", "port": 8800}
@@ -63,8 +65,9 @@ def test_gateway_config_has_the_port_workspace_and_unprivileged_process_user(lay
     assert config["process"]["run_as_user"] == "kruxos-agent"
 
 
-def test_gateway_config_is_accepted_by_the_gateways_own_schema(layout: Layout, valid: dict[str, Any],
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gateway_config_is_accepted_by_the_gateways_own_schema(
+    layout: Layout, valid: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.syspath_prepend(str(ROOT / "gateway"))
     config = pytest.importorskip("kruxos_gateway.config", reason="the gateway package is not importable here")
     text = (_render(layout, valid) / "extra/etc/kruxos/gateway.yaml").read_text()
@@ -74,24 +77,40 @@ def test_gateway_config_is_accepted_by_the_gateways_own_schema(layout: Layout, v
 def test_the_sdk_host_and_the_workspace_follow_the_description(layout: Layout, valid: dict[str, Any]) -> None:
     valid.update(gateway={"port": 8800}, workspace="/srv/agents")
     generated = _render(layout, valid)
-    assert (generated / "extra/etc/kruxos/sdk.env").read_text().splitlines()[-1] == "KRUXOS_HOST=localhost:8800"
-    assert "d /srv/agents 2770 kruxos kruxos-workspace -" in (
-        generated / "extra/usr/lib/tmpfiles.d/kruxos.conf").read_text()
-    assert "ReadWritePaths=/srv/agents" in (
-        generated / "extra/usr/lib/systemd/system/kruxos-gateway.service.d/10-appliance.conf").read_text()
+    assert (generated / "extra/etc/kruxos/sdk.env").read_text().splitlines()[
+        -1
+    ] == "KRUXOS_HOST=localhost:8800"
+    assert (
+        "d /srv/agents 2770 kruxos kruxos-workspace -"
+        in (generated / "extra/usr/lib/tmpfiles.d/kruxos.conf").read_text()
+    )
+    assert (
+        "ReadWritePaths=/srv/agents"
+        in (generated / "extra/usr/lib/systemd/system/kruxos-gateway.service.d/10-appliance.conf").read_text()
+    )
 
 
-def test_dev_profile_allows_console_autologin_and_the_build_keys(layout: Layout, valid: dict[str, Any]) -> None:
+def test_dev_profile_allows_console_autologin_and_the_build_keys(
+    layout: Layout, valid: dict[str, Any]
+) -> None:
     generated = _render(layout, valid)
     assert _mkosi_conf(generated)["Content"]["Autologin"] == "yes"
-    assert "--autologin root" in (
-        generated / "extra/usr/lib/systemd/system/serial-getty@ttyS0.service.d/10-autologin.conf").read_text()
+    assert (
+        "--autologin root"
+        in (
+            generated / "extra/usr/lib/systemd/system/serial-getty@ttyS0.service.d/10-autologin.conf"
+        ).read_text()
+    )
     keys = (generated / "extra/root/.ssh/authorized_keys").read_text().splitlines()
-    assert keys == [layout.ssh_key.with_suffix(".pub").read_text().strip(),
-                    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostUserKey user@host"]
+    assert keys == [
+        layout.ssh_key.with_suffix(".pub").read_text().strip(),
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostUserKey user@host",
+    ]
 
 
-def test_release_profile_has_no_autologin_and_only_operator_keys(layout: Layout, release: dict[str, Any]) -> None:
+def test_release_profile_has_no_autologin_and_only_operator_keys(
+    layout: Layout, release: dict[str, Any]
+) -> None:
     generated = _render(layout, release)
     content = _mkosi_conf(generated)["Content"]
     assert "Autologin" not in content
@@ -112,10 +131,13 @@ def test_private_files_and_directories_get_private_modes(layout: Layout, valid: 
 
 
 @pytest.mark.skipif(not (ROOT / "sdk/python/kruxos/__init__.py").exists(), reason="no SDK sources yet")
-def test_the_sdk_is_staged_without_bytecode_and_readable_by_all(layout: Layout, valid: dict[str, Any]) -> None:
+def test_the_sdk_is_staged_without_bytecode_and_readable_by_all(
+    layout: Layout, valid: dict[str, Any]
+) -> None:
     sdk = _render(layout, valid) / "extra/opt/kruxos/sdk/python/kruxos"
     assert (sdk / "__init__.py").stat().st_mode & 0o777 == 0o644
-    assert not list(sdk.rglob("__pycache__")) and not list(sdk.rglob("*.pyc"))
+    assert not list(sdk.rglob("__pycache__"))
+    assert not list(sdk.rglob("*.pyc"))
 
 
 def test_kruxosctl_runs_the_gateways_declared_entry_point(layout: Layout, valid: dict[str, Any]) -> None:
@@ -125,8 +147,9 @@ def test_kruxosctl_runs_the_gateways_declared_entry_point(layout: Layout, valid:
     assert wrapper.startswith("#!/bin/sh\n")
 
 
-def test_an_undefined_template_variable_is_a_one_line_error(layout: Layout, valid: dict[str, Any],
-                                                            tmp_path: Path) -> None:
+def test_an_undefined_template_variable_is_a_one_line_error(
+    layout: Layout, valid: dict[str, Any], tmp_path: Path
+) -> None:
     overlay = tmp_path / "overlay"
     shutil.copytree(ROOT / "overlay", overlay)
     (overlay / "extra/etc/oops.conf.j2").write_text("value={{ d.no_such_field }}\n")
@@ -142,9 +165,17 @@ def test_profile_script_adds_the_sdk_once_and_is_safe_under_set_u(shell: str) ->
         pytest.skip(f"no {shell} here")
     script = ROOT / "profile.d/kruxos-sdk.sh"
     out = subprocess.run(
-        [shell, "-uc", f'unset PYTHONPATH KRUXOS_HOST; . {script}; . {script}; echo "$PYTHONPATH"; '
-                       f'PYTHONPATH=/x; . {script}; . {script}; echo "$PYTHONPATH"'],
-        capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin"}).stdout.splitlines()
+        [
+            shell,
+            "-uc",
+            f'unset PYTHONPATH KRUXOS_HOST; . {script}; . {script}; echo "$PYTHONPATH"; '
+            f'PYTHONPATH=/x; . {script}; . {script}; echo "$PYTHONPATH"',
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin"},
+    ).stdout.splitlines()
     assert out == ["/opt/kruxos/sdk/python", "/opt/kruxos/sdk/python:/x"]
 
 
@@ -162,9 +193,15 @@ def test_every_shipped_unit_is_named_by_the_preset() -> None:
 
 
 def test_nothing_runs_systemctl_enable() -> None:
-    owned = [ROOT / "mkosi.conf", ROOT / "mkosi.postinst.chroot", *(ROOT / "mkosi.extra").rglob("*"),
-             *(ROOT / "overlay").rglob("*"), *(ROOT / "kruxos_build").glob("*.py")]
+    owned = [
+        ROOT / "mkosi.conf",
+        ROOT / "mkosi.postinst.chroot",
+        *(ROOT / "mkosi.extra").rglob("*"),
+        *(ROOT / "overlay").rglob("*"),
+        *(ROOT / "kruxos_build").glob("*.py"),
+    ]
     for path in owned:
         if path.is_file():
             assert "systemctl enable" not in "\n".join(
-                line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")), path
+                line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")
+            ), path

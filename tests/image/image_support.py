@@ -23,7 +23,7 @@ from kruxos_build import boot  # noqa: E402  # needs ROOT on sys.path first
 from kruxos_build.paths import Layout  # noqa: E402
 
 TIMEOUT_FACTOR = float(os.environ.get("KRUXOS_TEST_TIMEOUT_FACTOR", "1"))
-BOOT_DEADLINE = 300 * TIMEOUT_FACTOR  # QEMU start -> sshd answering (TCG: 60-120 s)
+BOOT_DEADLINE = 600 * TIMEOUT_FACTOR  # QEMU start -> sshd answering (TCG: 60 s idle, 3+ min on a busy host)
 
 
 def timeout(seconds: float) -> float:
@@ -49,5 +49,6 @@ def ssh_config_for(vm: boot.Vm, directory: Path) -> Path:
         f"  User root\n"
         f"  IdentityFile {Layout().ssh_key}\n"
         f"  StrictHostKeyChecking no\n"
-        f"  UserKnownHostsFile /dev/null\n")
+        f"  UserKnownHostsFile /dev/null\n"
+    )
     return path

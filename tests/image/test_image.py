@@ -30,9 +30,16 @@ def test_boot_finishes_with_no_failed_unit(host) -> None:  # type: ignore[no-unt
     assert host.run("systemctl is-system-running").stdout.strip() == "running"
 
 
+def test_first_boot_does_not_rebuild_the_hardware_database(host) -> None:  # type: ignore[no-untyped-def]
+    assert host.file("/usr/lib/udev/hwdb.bin").exists  # built into the image by mkosi.postinst.chroot
+    assert host.check_output("systemctl show -P ConditionResult systemd-hwdb-update.service") == "no"
+
+
 def test_the_sdk_tree_is_root_owned_and_writable_by_root_only(host) -> None:  # type: ignore[no-untyped-def]
     assert host.file(f"{SDK}/kruxos/__init__.py").exists
-    offenders = host.check_output(f"find /opt/kruxos \\( ! -user root -o ! -group root -o -perm /022 \\) -print")
+    offenders = host.check_output(
+        "find /opt/kruxos \\( ! -user root -o ! -group root -o -perm /022 \\) -print"
+    )
     assert offenders == ""
 
 
@@ -52,16 +59,22 @@ def test_the_profile_script_is_installed_as_in_the_repository(host) -> None:  # 
 
 
 def test_a_login_shell_gets_the_sdk_path_once_and_the_gateway_address(  # type: ignore[no-untyped-def]
-        host, booted: Booted) -> None:
-    out = host.check_output("bash -lc 'set -u; . /etc/profile.d/kruxos-sdk.sh; echo \"$PYTHONPATH|$KRUXOS_HOST\"'")
+    host, booted: Booted
+) -> None:
+    out = host.check_output(
+        "bash -lc 'set -u; . /etc/profile.d/kruxos-sdk.sh; echo \"$PYTHONPATH|$KRUXOS_HOST\"'"
+    )
     assert out == f"{SDK}|localhost:{booted.gateway_port}"
 
 
-@pytest.mark.parametrize("command", [
-    pytest.param("bash -lc {}", id="root-login-shell"),
-    pytest.param("su -l nobody -s /bin/bash -c {}", id="unprivileged-login-shell"),
-    pytest.param("runuser -u nobody -- sh -c {}", id="unprivileged-no-profile"),  # through kruxos-sdk.pth
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param("bash -lc {}", id="root-login-shell"),
+        pytest.param("su -l nobody -s /bin/bash -c {}", id="unprivileged-login-shell"),
+        pytest.param("runuser -u nobody -- sh -c {}", id="unprivileged-no-profile"),  # through kruxos-sdk.pth
+    ],
+)
 def test_kruxos_imports_from_the_staged_sdk(host, command: str) -> None:  # type: ignore[no-untyped-def]
     check = shlex.quote("python3 -c 'import kruxos; print(kruxos.__file__)'")
     assert host.check_output(command.format(check)) == f"{SDK}/kruxos/__init__.py"
@@ -75,8 +88,9 @@ def test_the_gateway_is_enabled_active_and_listening(host, booted: Booted) -> No
 
 
 def test_the_gateway_health_answers_through_the_forwarded_port(booted: Booted, host) -> None:  # type: ignore[no-untyped-def]
-    with urllib.request.urlopen(f"http://127.0.0.1:{booted.vm.ports.gateway}/health",
-                                timeout=timeout(10)) as response:
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{booted.vm.ports.gateway}/health", timeout=timeout(10)
+    ) as response:
         assert response.status == 200
         assert json.load(response)["status"] == "ok"
 
@@ -106,8 +120,10 @@ def test_an_agent_unit_imports_kruxos_and_invokes_capabilities(host) -> None:  #
         "                              content='hello from an agent\\n').raise_for_error()\n"
         "print('sdk:', kruxos.__file__)\n"
     )
-    host.check_output("kruxosctl --config /etc/kruxos/gateway.yaml keys create probe "
-                      "--output /etc/kruxos/agents/probe.key")
+    host.check_output(
+        "kruxosctl --config /etc/kruxos/gateway.yaml keys create probe --output /etc/kruxos/agents/probe.key"
+    )
+    assert host.file("/etc/kruxos/agents/probe.key").mode == 0o600
     host.check_output(f"cat > /etc/kruxos/agents/probe.py <<'EOF'\n{agent}EOF")
     run = host.run(f"timeout {timeout(60):.0f} systemctl start --wait kruxos-agent@probe.service")
     log = host.check_output("journalctl --sync; journalctl -o cat -u kruxos-agent@probe.service")
@@ -130,14 +146,16 @@ def _quick_start() -> str:
 
 def test_the_guides_quick_start_runs_on_the_device(host, booted: Booted) -> None:  # type: ignore[no-untyped-def]
     code = _quick_start()
-    assert code.count('"localhost:7700"') == 1 and code.count('"<64-char hex>"') == 1
+    assert code.count('"localhost:7700"') == 1
+    assert code.count('"<64-char hex>"') == 1
     code = code.replace('"localhost:7700"', f'"localhost:{booted.gateway_port}"')
     code = code.replace('"<64-char hex>"', f'"{admin_key(host)}"')
     host.check_output("printf 'Welcome to KruxOS\\n' > /workspace/README.md")
     host.check_output(f"cat > /root/quickstart.py <<'EOF'\n{code}EOF")
     out = host.check_output(f"timeout {timeout(60):.0f} python3 /root/quickstart.py").splitlines()
     count = re.fullmatch(r"Available: (\d+) capabilities", out[0])
-    assert count and int(count.group(1)) > 0
+    assert count
+    assert int(count.group(1)) > 0
     assert out[1:] == ["Welcome to KruxOS"]
 
 
@@ -158,17 +176,59 @@ def test_root_has_no_password(host) -> None:  # type: ignore[no-untyped-def]
 
 
 def _host_key(port: int) -> str:
-    scan = subprocess.run(["ssh-keyscan", "-t", "ed25519", "-p", str(port), "127.0.0.1"],
-                          capture_output=True, text=True, timeout=timeout(30), check=False)
+    scan = subprocess.run(
+        ["ssh-keyscan", "-t", "ed25519", "-p", str(port), "127.0.0.1"],
+        capture_output=True,
+        text=True,
+        timeout=timeout(30),
+        check=False,
+    )
     return scan.stdout.split()[-1]
 
 
-def test_each_boot_of_the_image_makes_its_own_ssh_host_keys(booted: Booted, image: Path, host,  # type: ignore[no-untyped-def]
-                                                            tmp_path: Path) -> None:
+def test_each_boot_of_the_image_makes_its_own_ssh_host_keys(
+    booted: Booted,
+    image: Path,
+    host,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
     first = _host_key(booted.vm.ports.ssh)
     assert host.check_output("ls /etc/ssh/ | grep -c '^ssh_host_.*_key$'") != "0"
     with boot.running(image, guest_gateway_port=booted.gateway_port) as second_vm:
         boot.wait_for_ssh(second_vm.ports.ssh, time.monotonic() + BOOT_DEADLINE)
         ssh_config_for(second_vm, tmp_path)
         second = _host_key(second_vm.ports.ssh)
-    assert first and second and first != second
+    assert first
+    assert second
+    assert first != second
+
+
+# The release variant is not booted: it is built (reusing the cache) and its files are read from the image.
+
+
+def test_release_locks_root(release_tree: Path) -> None:
+    shadow = (release_tree / "etc/shadow").read_text()
+    field = next(line for line in shadow.splitlines() if line.startswith("root:")).split(":")[1]
+    assert field.startswith("!")
+
+
+def test_release_has_no_autologin_anywhere(release_tree: Path) -> None:
+    units = [release_tree / "etc/systemd/system", release_tree / "usr/lib/systemd/system"]
+    found = [
+        str(p.relative_to(release_tree))
+        for d in units
+        for p in d.rglob("*")
+        if p.is_file() and "autologin" in p.read_text(errors="replace")
+    ]
+    assert found == []
+
+
+def test_release_lets_in_only_the_operator_keys(release_tree: Path) -> None:
+    keys = (release_tree / "root/.ssh/authorized_keys").read_text().splitlines()
+    assert [k.split()[-1] for k in keys] == ["operator@test"]
+    assert "PasswordAuthentication no" in (release_tree / "etc/ssh/sshd_config.d/10-kruxos.conf").read_text()
+
+
+def test_the_image_ships_no_ssh_host_keys(release_tree: Path) -> None:
+    assert sorted(p.name for p in (release_tree / "etc/ssh").glob("ssh_host_*")) == []
+    assert (release_tree / "etc/ssh/sshd_config").exists()  # the extraction did find /etc/ssh

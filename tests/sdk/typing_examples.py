@@ -83,3 +83,25 @@ def error_fields(exc: KruxOSError) -> str:
     if isinstance(exc, GatewayConnectionError | ConfigurationError):
         return str(exc)
     return exc.message
+
+
+async def approval_usage(agent: AsyncAgent, blocking: Agent) -> None:
+    from kruxos import ApprovalStatus, ApprovalTimeout
+
+    try:
+        await agent.capabilities.invoke("process.run", command="kubectl apply -f deploy.yaml")
+    except ApprovalRequired as e:
+        if e.approval_id is None:
+            return
+        try:
+            status = await agent.approvals.wait(e.approval_id, timeout=600)
+        except ApprovalTimeout as timed_out:
+            assert_type(timed_out.timeout, float)
+            return
+        assert_type(status, ApprovalStatus)
+        assert_type(status.approved, bool | None)
+        assert_type(status.reason, str | None)
+        assert_type(status.data, Any)
+        assert_type(await agent.approvals.check(e.approval_id), ApprovalStatus)
+        assert_type(blocking.approvals.wait(e.approval_id, timeout=None), ApprovalStatus)
+        assert_type(blocking.approvals.check(e.approval_id).resolved, bool)

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from ..db import Database
     from ..workspace import Workspace
 
+# One logger for every Context (logging.getLogger takes the logging lock on each call).
+_LOG = logging.getLogger("kruxos_gateway.capabilities")
+
 
 @dataclass
 class Context:
@@ -31,7 +34,7 @@ class Context:
     key_name: str
     session_id: str
     invocation_id: str
-    log: logging.Logger = field(default_factory=lambda: logging.getLogger("kruxos_gateway.capabilities"))
+    log: logging.Logger = field(default=_LOG)
     # Resolved at start-up from process.run_as_user/run_as_group (None: run as the gateway).
     run_as: RunAs | None = None
 
@@ -73,6 +76,10 @@ class Registry:
                 details={"name": name},
             ) from None
 
+    def add(self, capability: Capability) -> None:
+        """Add ``capability``, replacing one of the same name (features that extend the set, e.g. state)."""
+        self._by_name[capability.name] = capability
+
     def list(self, category: str | None = None, tag: str | None = None) -> list[CapabilityDefinition]:
         return [
             c.definition
@@ -100,6 +107,7 @@ _EXAMPLES = {
     "object": '{"key": "value"}',
     "array": '["a", "b"]',
     "string_or_array": '"ls -la" or ["ls", "-la"]',
+    "any": '0.85 or {"step": 3}',
 }
 
 
@@ -123,6 +131,8 @@ def json_type(value: object) -> str:
 
 
 def _matches(spec_type: str, value: object) -> bool:
+    if spec_type == "any":
+        return True
     actual = json_type(value)
     if spec_type == "number":
         return actual in ("integer", "number")
@@ -186,5 +196,7 @@ def _example(spec: InputSpec) -> str:
 def _describe_type(spec: InputSpec) -> str:
     if spec.type == "string_or_array":
         return "a string or an array of strings"
+    if spec.type == "any":
+        return "any JSON value except null"
     article = "an" if spec.type[0] in "aeiou" else "a"
     return f"{article} {spec.type}"

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from .. import store
 from ..errors import CapabilityFailed, InvalidInput, PathOutsideWorkspace
 from ..workspace import Workspace, WorkspacePath
 
@@ -92,7 +93,7 @@ def too_large(agent: str, size: int, limit: int, what: str) -> CapabilityFailed:
 
 
 def iso_time(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return store.iso_ms(datetime.fromtimestamp(timestamp, UTC))
 
 
 def file_type(mode: int) -> str:

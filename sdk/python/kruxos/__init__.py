@@ -1,9 +1,12 @@
 """KruxOS Python SDK: connect agents to the KruxOS gateway over the kruxos.v1 supervision WebSocket."""
 
 from kruxos._client import Agent, AsyncAgent, AsyncAgentConnector, KruxOS
+from kruxos._state import Watch
+from kruxos._transaction import AsyncTransaction, Transaction, transaction
 from kruxos._version import __version__
 from kruxos.errors import (
     ApprovalRequired,
+    ApprovalTimeout,
     AuthenticationError,
     CapabilityError,
     ConfigurationError,
@@ -21,13 +24,24 @@ from kruxos.errors import (
     UnknownCapability,
     VersionConflict,
 )
-from kruxos.models import CapabilityDefinition, ErrorResponse, InvocationResult
+from kruxos.models import (
+    ApprovalStatus,
+    CapabilityDefinition,
+    ErrorResponse,
+    InvocationResult,
+    StateChange,
+    StateEntry,
+    StateHistory,
+)
 
 __all__ = [
     "Agent",
     "ApprovalRequired",
+    "ApprovalStatus",
+    "ApprovalTimeout",
     "AsyncAgent",
     "AsyncAgentConnector",
+    "AsyncTransaction",
     "AuthenticationError",
     "CapabilityDefinition",
     "CapabilityError",
@@ -45,8 +59,14 @@ __all__ = [
     "ProtocolError",
     "RateLimited",
     "RequestTimeout",
+    "StateChange",
+    "StateEntry",
+    "StateHistory",
     "TooManyRequests",
+    "Transaction",
     "UnknownCapability",
     "VersionConflict",
+    "Watch",
     "__version__",
+    "transaction",
 ]

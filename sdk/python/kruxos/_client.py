@@ -6,9 +6,11 @@ from collections.abc import Generator
 from types import TracebackType
 from typing import Any
 
+from kruxos._approvals import Approvals, AsyncApprovals
 from kruxos._capabilities import AsyncCapabilities, Capabilities
 from kruxos._config import resolve_api_key, resolve_url
 from kruxos._connection import AsyncConnection
+from kruxos._state import AsyncState, State
 from kruxos._sync import Portal
 
 __all__ = ["Agent", "AsyncAgent", "AsyncAgentConnector", "KruxOS"]
@@ -23,6 +25,10 @@ class AsyncAgent:
         self._connection = connection
         self.capabilities = AsyncCapabilities(connection)
         """Discover and invoke capabilities."""
+        self.approvals = AsyncApprovals(connection)
+        """Check and wait for approvals (``ApprovalRequired.approval_id``)."""
+        self.state = AsyncState(connection)
+        """Session, persistent and shared state (``session``, ``persistent``, ``shared``)."""
 
     @property
     def session_id(self) -> str:
@@ -68,6 +74,10 @@ class Agent:
         self._agent = agent
         self.capabilities = Capabilities(portal, agent._connection)
         """Discover and invoke capabilities."""
+        self.approvals = Approvals(portal, agent.approvals)
+        """Check and wait for approvals (``ApprovalRequired.approval_id``)."""
+        self.state = State(portal, agent.state)
+        """Session, persistent and shared state (``session``, ``persistent``, ``shared``)."""
 
     @property
     def session_id(self) -> str:

@@ -161,6 +161,9 @@ class AsyncConnection:
                 open_timeout=open_timeout,
                 max_size=MAX_RECEIVE_BYTES,
                 logger=_RedactingLogger(logging.getLogger("websockets.client")),
+                # Not offering permessage-deflate: small JSON frames cost more CPU to compress than
+                # they save on loopback or a LAN (the gateway does not accept it either).
+                compression=None,
             )
         except WebSocketException as exc:
             raise map_websockets_error(exc, url=url) from exc
@@ -217,7 +220,8 @@ class AsyncConnection:
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiters[request_id] = waiter
         try:
-            logger.debug("> %s", _loggable(text))
+            if logger.isEnabledFor(logging.DEBUG):  # don't build the loggable text for nothing
+                logger.debug("> %s", _loggable(text))
             try:
                 await self._websocket.send(text)
             except WebSocketException as exc:
@@ -235,6 +239,10 @@ class AsyncConnection:
     def closed(self) -> bool:
         return self._closed is not None
 
+    async def wait_closed(self) -> None:
+        """Return once the connection has closed (by either side); never raises."""
+        await asyncio.shield(self._reader)
+
     async def close(self) -> None:
         """Close the connection (code 1000) and wait for the reader to finish."""
         await self._websocket.close()
@@ -243,7 +251,8 @@ class AsyncConnection:
     async def _read(self) -> None:
         try:
             async for message in self._websocket:
-                logger.debug("< %s", _loggable(message))
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("< %s", _loggable(message))
                 self._dispatch(self._protocol.receive(message))
         except WebSocketException:
             pass  # the connection closed abnormally; close_code says how, below

@@ -94,6 +94,9 @@ class _Event(_Frame):
     data: Any = None
 
 
+# json.dumps(ensure_ascii=False, allow_nan=False, separators=(",", ":")), its encoder built once.
+_REQUEST_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
 _ServerFrame = Annotated[Hello | _Response | _Error | _Event, Field(discriminator="type")]
 _SERVER_FRAME: TypeAdapter[Hello | _Response | _Error | _Event] = TypeAdapter(_ServerFrame)
 
@@ -203,11 +206,8 @@ class ClientProtocol:
         self._next_id += 1
         request_id = str(self._next_id)
         try:
-            text = json.dumps(
-                {"type": "request", "id": request_id, "method": method, "params": dict(params)},
-                ensure_ascii=False,
-                allow_nan=False,
-                separators=(",", ":"),
+            text = _REQUEST_JSON.encode(
+                {"type": "request", "id": request_id, "method": method, "params": dict(params)}
             )
             size = len(text.encode("utf-8"))  # lone surrogates fail here, not later in the socket
         except (TypeError, ValueError) as exc:

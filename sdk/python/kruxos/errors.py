@@ -14,6 +14,7 @@ All of them derive from :class:`KruxOSError`; no exception of a dependency (``we
     │   └── ConnectionClosed        the connection closed (before or while a request was in flight)
     ├── ProtocolError               a frame broke the kruxos.v1 contract, on either side
     ├── RequestTimeout              no answer within ``request_timeout`` (also a builtin TimeoutError)
+    ├── ApprovalTimeout             ``approvals.wait`` gave up; the approval stays pending (a TimeoutError)
     ├── TooManyRequests             more requests in flight than the gateway allows
     ├── GatewayError                the gateway failed internally (``internal_error``)
     └── CapabilityError             a capability was refused or ran and failed
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ApprovalRequired",
+    "ApprovalTimeout",
     "AuthenticationError",
     "CapabilityError",
     "ConfigurationError",
@@ -138,6 +140,18 @@ class RequestTimeout(KruxOSError, TimeoutError):
         self.method = method
         self.timeout = timeout
         super().__init__(message)
+
+
+class ApprovalTimeout(KruxOSError, TimeoutError):
+    """``approvals.wait`` returned no decision within ``timeout`` s; the approval is still pending."""
+
+    def __init__(self, approval_id: str, timeout: float) -> None:
+        self.approval_id = approval_id
+        self.timeout = timeout
+        super().__init__(
+            f"approval {approval_id} is still pending after {timeout:g} s; it stays pending: "
+            "wait again, or check it later with approvals.check"
+        )
 
 
 class TooManyRequests(KruxOSError):

@@ -27,7 +27,9 @@ __all__ = [
     "ErrorResponse",
     "InvocationResult",
     "RecoveryAction",
+    "StateChange",
     "StateEntry",
+    "StateHistory",
 ]
 
 
@@ -133,20 +135,79 @@ class InvocationResult(_Model):
 
 
 class StateEntry(_Model):
-    """A value in agent state, with its version."""
+    """A value in agent state, with its version.
+
+    A missing key is not an error: ``found`` is False, ``value`` None and ``version`` 0 (for shared
+    state, 0 is also the ``expected_version`` that creates a key only if it is absent).
+    """
 
     key: str
     value: Any = None
     version: int | None = None
     found: bool = True
     updated_at: datetime | None = None
+    revision: int | None = None
+    """Shared state: the global revision of the key's last change (watches resume from revisions)."""
+    updated_by: str | None = None
+    """Shared state: the name of the API key that last wrote it."""
+
+
+class StateHistory(_Model):
+    """The kept versions of a persistent key, newest first (``persistent.history``)."""
+
+    key: str
+    versions: list[StateEntry] = Field(default_factory=list)
+
+
+class StateChange(_Model):
+    """One change of a shared key, as a watch callback receives it.
+
+    Callbacks get every change under their prefix once, in ``revision`` order. ``deleted`` is True
+    (and ``value`` None) when the key was deleted.
+    """
+
+    key: str
+    value: Any = None
+    version: int
+    """The key's new version."""
+    revision: int
+    """The change's global revision; pass the last one seen as ``from_revision`` to resume a watch."""
+    deleted: bool = False
+    updated_at: datetime | None = None
+    updated_by: str | None = None
 
 
 class ApprovalStatus(_Model):
-    """Where an approval stands: pending, approved (with the invocation's ``data``) or rejected."""
+    """Where an approval stands: pending, approved (with the invocation's ``data``) or rejected.
+
+    ``approvals.check()`` returns it at any time; ``approvals.wait()`` once it is ``resolved``. An
+    approved invocation ran exactly once in the gateway: ``success``, ``data`` and ``error`` are its
+    outcome. A rejection or an expiry has ``approved`` False and the reason in ``reason``.
+    """
 
     approval_id: str
+    status: str = "pending"
+    """``pending``, ``approved`` (about to run), ``running``, then ``completed``; or ``rejected``,
+    ``expired`` (no decision in time: a rejection), ``interrupted`` (the gateway stopped mid-run)."""
     resolved: bool = False
+    """True once nothing more will happen: completed, rejected, expired or interrupted."""
     approved: bool | None = None
+    """None while pending; True once a person approved; False if rejected or expired."""
     reason: str | None = None
+    """The operator's reason (required for a rejection), or why it expired or was interrupted."""
     data: Any = None
+    """The approved invocation's output, once it completed successfully."""
+    success: bool | None = None
+    """Whether the approved invocation succeeded (None until it ran)."""
+    error: ErrorResponse | None = None
+    """Why the approved invocation failed, if it did."""
+    invocation_id: str | None = None
+    capability: str | None = None
+    rule: str | None = None
+    """The policy rule that required the approval."""
+    duration_ms: float | None = None
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    decided_at: datetime | None = None
+    decided_by: str | None = None
+    """The operator who decided (``gateway`` for an expiry)."""

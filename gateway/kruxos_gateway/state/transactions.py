@@ -1,0 +1,202 @@
+"""Transactions: invocations whose effects are all undone if one fails or the agent rolls back.
+
+There is no isolation: each invocation takes effect at once, as outside a transaction, and other
+agents may see it before the commit. What a transaction adds is *compensation*: before a
+transactional capability runs, the gateway records what it will touch (a byte-for-byte snapshot of
+each workspace path, the previous value of a state key); a rollback puts every recorded thing back,
+newest first. A commit just forgets the records.
+
+A capability is transactional if it is read-only (nothing to undo) or has a :data:`Compensator`
+here; every other capability (``process.run``, ``network.http_request``, ``alerts.send``, …) is
+refused inside a transaction with ``not_transactional``. :func:`register` is the extension point
+for a capability that can declare how it is undone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import shutil
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import GatewayError
+from ..workspace import Workspace
+from . import snapshots
+
+log = logging.getLogger(__name__)
+
+#: An undo action: runs at rollback, returns notes about what it could not restore.
+Undo = Callable[[], Awaitable[list[str]]]
+
+
+@dataclass
+class Prepared:
+    """What a compensator captured before its capability ran; ``finish`` turns the result into undos."""
+
+    undo: list[Undo] = field(default_factory=list)
+    finish: Callable[[dict[str, Any]], list[Undo]] | None = None
+
+
+@dataclass(frozen=True)
+class TxContext:
+    """What a compensator may use."""
+
+    workspace: Workspace
+    key_name: str
+    session_id: str
+    scratch: Path  # a fresh directory for this step's snapshots
+
+
+Compensator = Callable[[TxContext, dict[str, Any]], Awaitable[Prepared]]
+
+_COMPENSATORS: dict[str, Compensator] = {}
+
+
+def register(capability: str, compensator: Compensator) -> None:
+    """Declare how ``capability`` is undone, which makes it usable inside transactions."""
+    _COMPENSATORS[capability] = compensator
+
+
+def compensator(capability: str) -> Compensator | None:
+    return _COMPENSATORS.get(capability)
+
+
+class NotTransactional(GatewayError):
+    """The capability cannot be undone, so it is refused inside a transaction."""
+
+    error_type = "not_transactional"
+
+
+# --- filesystem compensators --------------------------------------------------------------------
+
+
+def _fs_compensator(paths: Callable[[Workspace, dict[str, Any]], list[str]]) -> Compensator:
+    async def prepare(tx: TxContext, inputs: dict[str, Any]) -> Prepared:
+        def snap_all() -> list[snapshots.Snapshot]:
+            tx.scratch.mkdir(parents=True, exist_ok=True)
+            taken = []
+            for n, agent_path in enumerate(paths(tx.workspace, inputs)):
+                taken.append(snapshots.take(tx.workspace, agent_path, tx.scratch / str(n)))
+            return taken
+
+        try:
+            taken = await asyncio.to_thread(snap_all)
+        except GatewayError as exc:
+            if exc.error_type == "not_transactional":
+                raise
+            return Prepared()  # the path is invalid: the capability itself will fail the same way
+
+        async def undo() -> list[str]:
+            def put_back() -> list[str]:
+                notes = []
+                for snap in reversed(taken):
+                    note = snapshots.restore(tx.workspace, snap)
+                    if note:
+                        notes.append(note)
+                return notes
+
+            return await asyncio.to_thread(put_back)
+
+        return Prepared([undo])
+
+    return prepare
+
+
+def _write_paths(ws: Workspace, inputs: dict[str, Any]) -> list[str]:
+    return [snapshots.top_missing(ws, inputs["path"])]
+
+
+def _delete_paths(ws: Workspace, inputs: dict[str, Any]) -> list[str]:
+    return [inputs["path"]]
+
+
+def _move_paths(ws: Workspace, inputs: dict[str, Any]) -> list[str]:
+    return [inputs["src"], snapshots.top_missing(ws, inputs["dst"])]
+
+
+register("filesystem.write", _fs_compensator(_write_paths))
+register("filesystem.mkdir", _fs_compensator(_write_paths))
+register("filesystem.delete", _fs_compensator(_delete_paths))
+register("filesystem.move", _fs_compensator(_move_paths))
+
+
+# --- transactions -------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Transaction:
+    id: str
+    session_id: str
+    scratch: Path
+    undo: list[Undo] = field(default_factory=list)
+    steps: int = 0
+    status: str = "open"  # open, committed, rolled_back
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Transactions:
+    """The open transactions of every connection."""
+
+    MAX_OPEN_PER_SESSION = 16
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._open: dict[str, Transaction] = {}
+        # Snapshots left by a gateway that stopped mid-transaction cannot be applied any more.
+        shutil.rmtree(root, ignore_errors=True)
+
+    def begin(self, session_id: str) -> Transaction:
+        if sum(1 for t in self._open.values() if t.session_id == session_id) >= self.MAX_OPEN_PER_SESSION:
+            raise GatewayError(
+                f"this connection already has {self.MAX_OPEN_PER_SESSION} open transactions",
+                error_type="too_many_requests",
+                recovery=[("finish_transactions", "commit or roll back a transaction first")],
+            )
+        tx_id = "tx_" + secrets.token_hex(12)
+        tx = Transaction(tx_id, session_id, self.root / tx_id)
+        tx.scratch.mkdir(parents=True, exist_ok=True)
+        self._open[tx_id] = tx
+        return tx
+
+    def get(self, session_id: str, tx_id: str) -> Transaction:
+        tx = self._open.get(tx_id)
+        if tx is None or tx.session_id != session_id:
+            raise GatewayError(
+                f"no open transaction {tx_id!r} on this connection (it was committed, rolled back, "
+                "or never begun here)",
+                error_type="invalid_input",
+                recovery=[("begin_transaction", "begin a new transaction")],
+                details={"input": "transaction_id", "transaction_id": tx_id},
+            )
+        return tx
+
+    def of_session(self, session_id: str) -> list[Transaction]:
+        return [t for t in self._open.values() if t.session_id == session_id]
+
+    async def commit(self, tx: Transaction) -> None:
+        tx.status = "committed"
+        self._forget(tx)
+
+    async def rollback(self, tx: Transaction) -> list[str]:
+        """Apply every undo, newest first; return what could not be restored."""
+        notes: list[str] = []
+        for undo in reversed(tx.undo):
+            try:
+                notes.extend(await undo())
+            except Exception as exc:
+                log.exception("an undo step of transaction %s failed", tx.id)
+                notes.append(f"an undo step failed: {exc}")
+        tx.undo.clear()
+        tx.status = "rolled_back"
+        self._forget(tx)
+        if notes:
+            log.warning("transaction %s rolled back with %d problem(s): %s", tx.id, len(notes), notes)
+        return notes
+
+    def _forget(self, tx: Transaction) -> None:
+        self._open.pop(tx.id, None)
+        shutil.rmtree(tx.scratch, ignore_errors=True)
