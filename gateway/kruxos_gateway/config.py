@@ -80,6 +80,7 @@ class StateConfig(_Section):
     max_session_keys: PositiveInt = 10_000
     persistent_history: PositiveInt = 100
     shared_history: PositiveInt = 100_000
+    max_transaction_snapshot_bytes: PositiveInt = 1_073_741_824
 
 
 class GatewayConfig(_Section):

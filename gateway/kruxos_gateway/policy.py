@@ -18,8 +18,9 @@ undone by an allow, whatever the order of the rules.
 
 **Cost.** Rules are compiled once when the file is loaded (globs and regexes precompiled). For each
 (capability, key) pair the engine computes, once, the rules whose capability and key conditions hold,
-ordered by severity; an invocation then only runs the input matchers of those few candidates and
-stops at the first that matches.
+ordered by severity, with consecutive rules that differ only in one input's patterns merged into one
+test; an invocation then only runs the input matchers of those few candidates and stops at the first
+that matches. Each input's view (text, URL host, normalised path) is computed once per invocation.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 
@@ -187,7 +188,16 @@ def _agent_path(value: str) -> str:
 # An input matcher looks at one view of the input's value (computed once per invocation and shared
 # by every rule that looks at the same input the same way) and tests it with precompiled patterns.
 View = Literal["text", "host", "path"]
-InputTest = tuple[str, View, Callable[[str], object]]  # the test returns something truthy on a match
+
+
+class InputTest(NamedTuple):
+    name: str
+    view: View
+    test: Callable[[str], object]  # returns something truthy on a match
+    kind: str
+    patterns: tuple[str, ...]
+
+
 _VIEWS: dict[View, Callable[[object], str | None]] = {
     "text": _as_text,
     "host": lambda v: _host(v) if isinstance(v, str) else None,
@@ -196,21 +206,31 @@ _VIEWS: dict[View, Callable[[object], str | None]] = {
 _MISSING = object()
 
 
-def _any_of(patterns: list[str], flags: int = 0) -> re.Pattern[str]:
-    """One compiled regex matching where any of ``patterns`` (regex texts) matches."""
-    return re.compile("|".join(f"(?:{p})" for p in patterns), flags)
+def _any_of(
+    patterns: list[str], method: Literal["match", "search"], flags: int = 0
+) -> Callable[[str], object]:
+    """``match``/``search`` of one compiled regex that matches where any of ``patterns`` does."""
+    if len(patterns) == 1:
+        return getattr(re.compile(patterns[0], flags), method)  # type: ignore[no-any-return]
+    try:
+        return getattr(re.compile("|".join(f"(?:{p})" for p in patterns), flags), method)  # type: ignore[no-any-return]
+    except re.error:  # e.g. a pattern with global inline flags, "(?i)…", cannot be nested: one by one
+        tests = [getattr(re.compile(p, flags), method) for p in patterns]
+        return lambda text: any(test(text) for test in tests)
 
 
 def _input_test(name: str, kind: str, patterns: list[str]) -> InputTest:
     if kind == "glob":
-        return name, "text", _any_of([fnmatch.translate(p) for p in patterns]).match
+        test = _any_of([fnmatch.translate(p) for p in patterns], "match")
+        return InputTest(name, "text", test, kind, tuple(patterns))
     if kind == "regex":
-        return name, "text", _any_of(patterns).search
+        return InputTest(name, "text", _any_of(patterns, "search"), kind, tuple(patterns))
     if kind == "host":
-        return name, "host", _any_of([fnmatch.translate(p) for p in patterns], re.IGNORECASE).match
+        test = _any_of([fnmatch.translate(p) for p in patterns], "match", re.IGNORECASE)
+        return InputTest(name, "host", test, kind, tuple(patterns))
     # The path view ends in "/", so one C-level startswith covers the directory itself and below.
     prefixes = tuple(sorted({posixpath.normpath(p).rstrip("/") + "/" for p in patterns}))
-    return name, "path", operator.methodcaller("startswith", prefixes)
+    return InputTest(name, "path", operator.methodcaller("startswith", prefixes), kind, tuple(patterns))
 
 
 @dataclass(frozen=True)
@@ -235,7 +255,7 @@ class _Conditions:
 
     def inputs_hold(self, inputs: Mapping[str, Any], views: dict[tuple[str, View], Any]) -> bool:
         """Whether every input matcher holds; ``views`` caches each input's views for this invocation."""
-        for name, kind, test in self.inputs:
+        for name, kind, test, _, _ in self.inputs:
             seen = views.get((name, kind), _MISSING)
             if seen is _MISSING:
                 value = inputs.get(name)
@@ -273,7 +293,10 @@ class Rule:
 
 # --- the policy -------------------------------------------------------------------------------------
 
-_Candidate = tuple[tuple[InputTest, ...], _Conditions | None, Decision]
+# (input tests, unless, verdict, members): members is set for several consecutive rules merged into
+# one combined test; when it matches, the first member whose own test matches decides.
+_Member = tuple[Callable[[str], object], Decision]
+_Candidate = tuple[tuple[InputTest, ...], _Conditions | None, Decision, tuple[_Member, ...] | None]
 
 
 @dataclass
@@ -300,8 +323,9 @@ class Policy:
             candidates = self._candidates[cache_key] = self._select(key_name, definition)
         views: dict[tuple[str, View], Any] = {}
         # The hot loop, inlined (no call per rule): the input matchers of each candidate in turn.
-        for input_tests, unless, verdict in candidates:
-            for name, kind, test in input_tests:
+        for input_tests, unless, verdict, members in candidates:
+            seen: Any = None
+            for name, kind, test, _, _ in input_tests:
                 seen = views.get((name, kind), _MISSING)
                 if seen is _MISSING:
                     value = inputs.get(name)
@@ -309,6 +333,10 @@ class Policy:
                 if seen is None or not test(seen):
                     break
             else:
+                if members is not None:
+                    return next(
+                        member_verdict for member_test, member_verdict in members if member_test(seen)
+                    )
                 if unless is None or not unless.all_hold(key_name, definition, inputs, views):
                     return verdict
         return self._default_verdict
@@ -319,7 +347,41 @@ class Policy:
             r for r in self.rules if r.when.capability_holds(definition) and r.when.key_holds(key_name)
         ]
         matching.sort(key=lambda r: (_SEVERITY[r.decision], r.order))
-        return tuple((r.when.inputs, r.unless, r.verdict) for r in matching)
+        return tuple(_merge(matching))
+
+
+def _merge(rules: list[Rule]) -> list[_Candidate]:
+    """Candidates in order; consecutive rules that differ only in one input's patterns become one.
+
+    E.g. ten deny rules each with ``under`` on ``path``: one ``startswith`` over all their prefixes
+    instead of ten tests; only when it matches are the members tried, to name the deciding rule.
+    """
+
+    def mergeable(rule: Rule) -> tuple[str, str, str] | None:
+        if rule.unless is not None or len(rule.when.inputs) != 1:
+            return None
+        only = rule.when.inputs[0]
+        return (rule.decision, only.name, only.kind)
+
+    out: list[_Candidate] = []
+    i = 0
+    while i < len(rules):
+        key = mergeable(rules[i])
+        j = i + 1
+        while key is not None and j < len(rules) and mergeable(rules[j]) == key:
+            j += 1
+        group = rules[i:j]
+        if len(group) == 1:
+            rule = group[0]
+            out.append((rule.when.inputs, rule.unless, rule.verdict, None))
+        else:
+            assert key is not None
+            patterns = [p for rule in group for p in rule.when.inputs[0].patterns]
+            combined = _input_test(key[1], key[2], patterns)
+            members = tuple((rule.when.inputs[0].test, rule.verdict) for rule in group)
+            out.append(((combined,), None, group[0].verdict, members))
+        i = j
+    return out
 
 
 def shipped_default_text() -> str:

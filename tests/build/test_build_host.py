@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+
 import pytest
 
 from kruxos_build import host
@@ -17,7 +21,7 @@ def bookworm_without_tools(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("bookworm_without_tools")
 def test_without_root_the_error_names_the_one_command_to_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(host.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(BuildError) as caught:
         host.ensure()
     assert caught.value.message == "build tools are missing: debian-archive-keyring zstd mkosi"
@@ -32,13 +36,13 @@ def test_without_root_the_error_names_the_one_command_to_run(monkeypatch: pytest
 def test_nothing_is_installed_when_nothing_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(host, "debian_version", lambda: 12)
     monkeypatch.setattr(host, "missing_packages", lambda **_: (["debian-archive-keyring"], []))
-    monkeypatch.setattr(host.subprocess, "run", lambda *a, **k: pytest.fail("ran a command"))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("ran a command"))
     assert host.ensure() == []
 
 
 def test_debian_13_takes_everything_from_main(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(host, "debian_version", lambda: 13)
-    monkeypatch.setattr(host.shutil, "which", lambda *a, **k: None)
+    monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
     monkeypatch.setattr(host, "_python_has", lambda module: True)
     main, backports = host.missing_packages()
     assert backports == []

@@ -256,3 +256,45 @@ def test_a_broken_policy_is_refused_with_the_line_and_the_reason(text: str, line
     assert caught.value.line == line
     assert reason in caught.value.reason
     assert str(caught.value).startswith(f"/etc/kruxos/policy.yaml, line {line}: ")
+
+
+MERGED = parse_policy(
+    """
+version: 1
+default: allow
+rules:
+  - {name: first, decision: deny, capability: filesystem.read, inputs: {path: {under: /workspace/a}}}
+  - {name: second, decision: deny, capability: filesystem.read, inputs: {path: {under: /workspace/b}}}
+  - {name: third, decision: deny, capability: filesystem.read, inputs: {path: {under: [/workspace/b/c, /x]}}}
+  - {name: words, decision: deny, capability: filesystem.read, inputs: {path: {regex: secret}}}
+""",
+    "merged.yaml",
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        pytest.param("/workspace/a/f", ("deny", "first"), id="first-of-a-merged-group"),
+        pytest.param("b/c/f", ("deny", "second"), id="first-in-file-order-wins-inside-a-group"),
+        pytest.param("/x", ("deny", "third"), id="last-of-a-merged-group"),
+        pytest.param("/workspace/secret", ("deny", "words"), id="after-the-group"),
+        pytest.param("/workspace/ab", ("allow", "default"), id="no-member-matches"),
+    ],
+)
+def test_rules_merged_for_speed_still_name_the_deciding_rule(path: str, expected: tuple[str, str]) -> None:
+    assert decide(MERGED, "filesystem.read", path=path) == expected
+
+
+def test_regexes_with_global_flags_work_alone_and_merged() -> None:
+    policy = parse_policy(
+        "version: 1\ndefault: allow\nrules:\n"
+        "  - {name: a, decision: deny, capability: process.run,\n"
+        "     inputs: {command: {regex: '(?i)^KUBECTL'}}}\n"
+        "  - {name: b, decision: deny, capability: process.run,\n"
+        "     inputs: {command: {regex: ['(?i)helm', x]}}}\n",
+        "flags.yaml",
+    )
+    assert decide(policy, "process.run", command="kubectl get pods") == ("deny", "a")
+    assert decide(policy, "process.run", command="HELM list") == ("deny", "b")
+    assert decide(policy, "process.run", command="ls") == ("allow", "default")

@@ -19,7 +19,7 @@ from kruxos import (
 )
 
 from .state_support import agent, gateway_in_thread, tree_digest
-from .support import RunningGateway, eventually
+from .support import RunningGateway, eventually, make_config, running_gateway
 
 
 async def in_transaction(
@@ -228,3 +228,34 @@ def test_the_sync_agent_has_transactions_too(tmp_path: Path) -> None:
             tx.invoke("filesystem.write", path="/workspace/a.txt", content="x")
         assert tx.status == "committed"
         assert (tmp_path / "workspace" / "a.txt").read_text() == "x"
+
+
+@pytest.mark.asyncio
+async def test_a_change_too_large_to_snapshot_is_refused_and_rolls_back(tmp_path: Path) -> None:
+    config = make_config(tmp_path, state={"max_transaction_snapshot_bytes": 1000})
+    (tmp_path / "workspace" / "big").mkdir()
+    (tmp_path / "workspace" / "big" / "data.bin").write_bytes(b"x" * 2000)
+    async with running_gateway(config) as gw, agent(gw) as a:
+        with pytest.raises(CapabilityError) as raised:
+            await in_transaction(
+                a,
+                ("filesystem.write", {"path": "/workspace/a.txt", "content": "x"}),
+                ("filesystem.delete", {"path": "/workspace/big", "recursive": True}),
+            )
+    assert raised.value.type == "not_transactional"
+    assert "2000 bytes" in raised.value.message
+    assert (tmp_path / "workspace" / "big" / "data.bin").stat().st_size == 2000
+    assert not (tmp_path / "workspace" / "a.txt").exists()
+
+
+@pytest.mark.asyncio
+async def test_a_tree_holding_a_fifo_is_refused_instead_of_blocking_the_snapshot(
+    gateway: RunningGateway,
+) -> None:
+    (gateway.workspace / "pipes").mkdir()
+    os.mkfifo(gateway.workspace / "pipes" / "fifo")
+    async with agent(gateway) as a:
+        with pytest.raises(CapabilityError) as raised:
+            await in_transaction(a, ("filesystem.delete", {"path": "/workspace/pipes", "recursive": True}))
+    assert raised.value.type == "not_transactional"
+    assert (gateway.workspace / "pipes" / "fifo").exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from image_support import BOOT_DEADLINE, ROOT, Booted, ssh_config_for, timeout
+from image_support import BOOT_DEADLINE, ROOT, Booted, Host, ssh_config_for, timeout
 
 from kruxos_build import boot, description, outputs
 from kruxos_build.paths import DEFAULT_DESCRIPTION, Layout
@@ -21,8 +21,7 @@ from kruxos_build.paths import DEFAULT_DESCRIPTION, Layout
 with warnings.catch_warnings():
     # paramiko (through testinfra) imports cryptography's deprecated ciphers; not ours to fix
     warnings.simplefilter("ignore", DeprecationWarning)
-    import testinfra
-    import testinfra.host
+    import testinfra  # type: ignore[import-untyped]  # ships no type information
 
 
 @pytest.fixture(scope="session")
@@ -151,7 +150,7 @@ def booted(
 
 
 @pytest.fixture(scope="session")
-def host(booted: Booted) -> testinfra.host.Host:
+def host(booted: Booted) -> Host:
     """The guest as a testinfra host (paramiko over the forwarded SSH port), once boot has settled."""
     h = testinfra.get_host(
         "paramiko://root@127.0.0.1",
@@ -160,5 +159,5 @@ def host(booted: Booted) -> testinfra.host.Host:
         timeout=int(timeout(30)),
     )
     # degraded or running: either way boot is over; the tests say which one it should be
-    h.run(f"timeout {timeout(180):.0f} systemctl is-system-running --wait")
+    h.run(f"timeout {timeout(300):.0f} systemctl is-system-running --wait")
     return h

@@ -14,6 +14,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -21,6 +22,8 @@ if str(ROOT) not in sys.path:
 
 from kruxos_build import boot  # noqa: E402  # needs ROOT on sys.path first
 from kruxos_build.paths import Layout  # noqa: E402
+
+Host = Any  # testinfra.host.Host: testinfra ships no type information
 
 TIMEOUT_FACTOR = float(os.environ.get("KRUXOS_TEST_TIMEOUT_FACTOR", "1"))
 BOOT_DEADLINE = 600 * TIMEOUT_FACTOR  # QEMU start -> sshd answering (TCG: 60 s idle, 3+ min on a busy host)

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from image_support import BOOT_DEADLINE, ROOT, Booted, ssh_config_for, timeout
+from image_support import BOOT_DEADLINE, ROOT, Booted, Host, ssh_config_for, timeout
 
 from kruxos_build import boot
 
@@ -21,21 +21,21 @@ GUIDE = ROOT.parent / "shared" / "spec" / "python-sdk-guide.md"
 SDK = "/opt/kruxos/sdk/python"
 
 
-def admin_key(host) -> str:  # type: ignore[no-untyped-def]  # testinfra's Host is untyped
+def admin_key(host: Host) -> str:
     return str(host.check_output("cat /root/kruxos-admin.key")).strip()
 
 
-def test_boot_finishes_with_no_failed_unit(host) -> None:  # type: ignore[no-untyped-def]
+def test_boot_finishes_with_no_failed_unit(host: Host) -> None:
     assert host.run("systemctl --failed --plain --no-legend").stdout.strip() == ""
     assert host.run("systemctl is-system-running").stdout.strip() == "running"
 
 
-def test_first_boot_does_not_rebuild_the_hardware_database(host) -> None:  # type: ignore[no-untyped-def]
+def test_first_boot_does_not_rebuild_the_hardware_database(host: Host) -> None:
     assert host.file("/usr/lib/udev/hwdb.bin").exists  # built into the image by mkosi.postinst.chroot
     assert host.check_output("systemctl show -P ConditionResult systemd-hwdb-update.service") == "no"
 
 
-def test_the_sdk_tree_is_root_owned_and_writable_by_root_only(host) -> None:  # type: ignore[no-untyped-def]
+def test_the_sdk_tree_is_root_owned_and_writable_by_root_only(host: Host) -> None:
     assert host.file(f"{SDK}/kruxos/__init__.py").exists
     offenders = host.check_output(
         "find /opt/kruxos \\( ! -user root -o ! -group root -o -perm /022 \\) -print"
@@ -43,7 +43,7 @@ def test_the_sdk_tree_is_root_owned_and_writable_by_root_only(host) -> None:  # 
     assert offenders == ""
 
 
-def test_the_sdk_is_byte_compiled_by_the_images_python(host) -> None:  # type: ignore[no-untyped-def]
+def test_the_sdk_is_byte_compiled_by_the_images_python(host: Host) -> None:
     tag = host.check_output("python3 -c 'import sys; print(sys.implementation.cache_tag)'")
     assert host.file(f"{SDK}/kruxos/__pycache__/__init__.{tag}.pyc").exists
     # importing as an unprivileged user needs no write access: nothing new appears
@@ -52,15 +52,13 @@ def test_the_sdk_is_byte_compiled_by_the_images_python(host) -> None:  # type: i
     assert host.check_output(f"find {SDK} -name '*.pyc' | wc -l") == before
 
 
-def test_the_profile_script_is_installed_as_in_the_repository(host) -> None:  # type: ignore[no-untyped-def]
+def test_the_profile_script_is_installed_as_in_the_repository(host: Host) -> None:
     script = host.file("/etc/profile.d/kruxos-sdk.sh")
     assert (script.user, script.group, script.mode) == ("root", "root", 0o644)
     assert script.content_string == (ROOT / "profile.d/kruxos-sdk.sh").read_text()
 
 
-def test_a_login_shell_gets_the_sdk_path_once_and_the_gateway_address(  # type: ignore[no-untyped-def]
-    host, booted: Booted
-) -> None:
+def test_a_login_shell_gets_the_sdk_path_once_and_the_gateway_address(host: Host, booted: Booted) -> None:
     out = host.check_output(
         "bash -lc 'set -u; . /etc/profile.d/kruxos-sdk.sh; echo \"$PYTHONPATH|$KRUXOS_HOST\"'"
     )
@@ -75,19 +73,19 @@ def test_a_login_shell_gets_the_sdk_path_once_and_the_gateway_address(  # type: 
         pytest.param("runuser -u nobody -- sh -c {}", id="unprivileged-no-profile"),  # through kruxos-sdk.pth
     ],
 )
-def test_kruxos_imports_from_the_staged_sdk(host, command: str) -> None:  # type: ignore[no-untyped-def]
+def test_kruxos_imports_from_the_staged_sdk(host: Host, command: str) -> None:
     check = shlex.quote("python3 -c 'import kruxos; print(kruxos.__file__)'")
     assert host.check_output(command.format(check)) == f"{SDK}/kruxos/__init__.py"
 
 
-def test_the_gateway_is_enabled_active_and_listening(host, booted: Booted) -> None:  # type: ignore[no-untyped-def]
+def test_the_gateway_is_enabled_active_and_listening(host: Host, booted: Booted) -> None:
     gateway = host.service("kruxos-gateway")
     assert gateway.is_enabled
     assert gateway.is_running
     assert host.socket(f"tcp://0.0.0.0:{booted.gateway_port}").is_listening
 
 
-def test_the_gateway_health_answers_through_the_forwarded_port(booted: Booted, host) -> None:  # type: ignore[no-untyped-def]
+def test_the_gateway_health_answers_through_the_forwarded_port(booted: Booted, host: Host) -> None:
     with urllib.request.urlopen(
         f"http://127.0.0.1:{booted.vm.ports.gateway}/health", timeout=timeout(10)
     ) as response:
@@ -95,21 +93,22 @@ def test_the_gateway_health_answers_through_the_forwarded_port(booted: Booted, h
         assert json.load(response)["status"] == "ok"
 
 
-def test_the_gateway_runs_unprivileged_and_sandboxed(host) -> None:  # type: ignore[no-untyped-def]
+def test_the_gateway_runs_unprivileged_and_sandboxed(host: Host) -> None:
     assert host.check_output("systemctl show -P User kruxos-gateway") == "kruxos"
     exposure = host.check_output("systemd-analyze security --no-pager kruxos-gateway.service | tail -1")
-    level = float(re.search(r"exposure level for kruxos-gateway\.service: ([0-9.]+)", exposure).group(1))
-    assert level <= 3.0, exposure
+    found = re.search(r"exposure level for kruxos-gateway\.service: ([0-9.]+)", exposure)
+    assert found, exposure
+    assert float(found.group(1)) <= 3.0, exposure
 
 
-def test_the_first_admin_key_is_made_on_the_device_for_root_only(host) -> None:  # type: ignore[no-untyped-def]
+def test_the_first_admin_key_is_made_on_the_device_for_root_only(host: Host) -> None:
     key = host.file("/root/kruxos-admin.key")
     assert (key.user, key.group, key.mode) == ("root", "root", 0o600)
     assert re.fullmatch(r"[0-9a-f]{64}", admin_key(host))
     assert "admin" in host.check_output("kruxosctl --config /etc/kruxos/gateway.yaml keys list")
 
 
-def test_an_agent_unit_imports_kruxos_and_invokes_capabilities(host) -> None:  # type: ignore[no-untyped-def]
+def test_an_agent_unit_imports_kruxos_and_invokes_capabilities(host: Host) -> None:
     agent = (
         "import kruxos\n"
         "from kruxos import KruxOS\n"
@@ -144,7 +143,7 @@ def _quick_start() -> str:
     return section[1].split("```python", 1)[1].split("```", 1)[0]
 
 
-def test_the_guides_quick_start_runs_on_the_device(host, booted: Booted) -> None:  # type: ignore[no-untyped-def]
+def test_the_guides_quick_start_runs_on_the_device(host: Host, booted: Booted) -> None:
     code = _quick_start()
     assert code.count('"localhost:7700"') == 1
     assert code.count('"<64-char hex>"') == 1
@@ -159,17 +158,17 @@ def test_the_guides_quick_start_runs_on_the_device(host, booted: Booted) -> None
     assert out[1:] == ["Welcome to KruxOS"]
 
 
-def test_the_root_file_system_grew_to_fill_the_disk(host) -> None:  # type: ignore[no-untyped-def]
+def test_the_root_file_system_grew_to_fill_the_disk(host: Host) -> None:
     size = int(host.check_output("df --output=size -B1 / | tail -1"))
     assert size > (boot.DISK_SIZE * 3) // 4
 
 
-def test_ssh_refuses_passwords(host) -> None:  # type: ignore[no-untyped-def]
+def test_ssh_refuses_passwords(host: Host) -> None:
     effective = host.check_output("sshd -T 2>/dev/null | grep -E '^(passwordauthentication|kbdinteractive)'")
     assert sorted(effective.splitlines()) == ["kbdinteractiveauthentication no", "passwordauthentication no"]
 
 
-def test_root_has_no_password(host) -> None:  # type: ignore[no-untyped-def]
+def test_root_has_no_password(host: Host) -> None:
     field = host.check_output("getent shadow root | cut -d: -f2")
     assert field == "" or field[0] in "!*"
     assert field != "", "an empty field would allow a passwordless login"
@@ -189,7 +188,7 @@ def _host_key(port: int) -> str:
 def test_each_boot_of_the_image_makes_its_own_ssh_host_keys(
     booted: Booted,
     image: Path,
-    host,  # type: ignore[no-untyped-def]
+    host: Host,
     tmp_path: Path,
 ) -> None:
     first = _host_key(booted.vm.ports.ssh)

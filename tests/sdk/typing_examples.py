@@ -105,3 +105,36 @@ async def approval_usage(agent: AsyncAgent, blocking: Agent) -> None:
         assert_type(await agent.approvals.check(e.approval_id), ApprovalStatus)
         assert_type(blocking.approvals.wait(e.approval_id, timeout=None), ApprovalStatus)
         assert_type(blocking.approvals.check(e.approval_id).resolved, bool)
+
+
+async def state_usage(agent: AsyncAgent, sync_agent: Agent) -> None:
+    from kruxos import (
+        AsyncTransaction,
+        StateChange,
+        StateEntry,
+        StateHistory,
+        Transaction,
+        Watch,
+        transaction,
+    )
+
+    assert_type(await agent.state.session.set("task.current", {"step": 3}), int)
+    assert_type(await agent.state.session.get("task.current"), StateEntry)
+    assert_type(await agent.state.session.list(prefix="task."), list[str])
+    assert_type(await agent.state.persistent.get("k", version=1), StateEntry)
+    assert_type(await agent.state.persistent.history("k", limit=5), StateHistory)
+    assert_type(await agent.state.shared.set("counter", 1, expected_version=0), int)
+
+    async def on_change(change: StateChange) -> None:
+        assert_type(change.revision, int)
+
+    watch = await agent.state.shared.watch(prefix="config.", callback=on_change)
+    assert_type(watch, Watch)
+    assert_type(sync_agent.state.shared.watch(prefix="config.", callback=print), Watch)
+    async with transaction(agent) as tx:
+        assert_type(tx, AsyncTransaction)
+        assert_type(
+            await tx.invoke("filesystem.write", path="/workspace/a.txt", content="x"), InvocationResult
+        )
+    with transaction(sync_agent) as sync_tx:
+        assert_type(sync_tx, Transaction)

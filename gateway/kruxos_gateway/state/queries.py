@@ -264,10 +264,20 @@ def record_watch(conn: sqlite3.Connection, owner: str, prefix: str) -> None:
 # --- sessions and file events (briefings) --------------------------------------------------------
 
 
+# Briefings only need the newest rows of these two tables; older ones are trimmed as new ones come.
+KEEP_SESSIONS_PER_KEY = 100
+KEEP_FILE_EVENTS = 100_000
+
+
 def record_session_end(conn: sqlite3.Connection, session_id: str, owner: str) -> None:
     conn.execute(
         "INSERT OR REPLACE INTO state_sessions (session_id, owner, closed_at) VALUES (?, ?, ?)",
         (session_id, owner, store.now()),
+    )
+    conn.execute(
+        "DELETE FROM state_sessions WHERE owner = ? AND session_id NOT IN (SELECT session_id FROM"
+        " state_sessions WHERE owner = ? ORDER BY closed_at DESC LIMIT ?)",
+        (owner, owner, KEEP_SESSIONS_PER_KEY),
     )
 
 
@@ -279,3 +289,6 @@ def record_file_event(
         "INSERT INTO state_file_events (ts, owner, session_id, capability, path) VALUES (?, ?, ?, ?, ?)",
         [(ts, owner, session_id, capability, p) for p in paths],
     )
+    newest = conn.execute("SELECT max(id) FROM state_file_events").fetchone()[0] or 0
+    if newest % 1000 < len(paths):  # about once per thousand events
+        conn.execute("DELETE FROM state_file_events WHERE id <= ?", (newest - KEEP_FILE_EVENTS,))

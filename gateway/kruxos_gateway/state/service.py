@@ -29,7 +29,7 @@ from . import briefing, queries
 from .limits import check_key, check_prefix, encode_value
 from .queries import Change, Conflict
 from .session import SessionStore
-from .shared import SqliteShared, Subscription, WatchHub
+from .shared import SharedBackend, SqliteShared, Subscription, WatchHub
 from .transactions import (
     NotTransactional,
     Prepared,
@@ -98,8 +98,10 @@ class StateService:
         self.db = gateway.db
         self.sessions = SessionStore(self.config)
         self.hub = WatchHub()
-        self.shared = SqliteShared(gateway.db, self.config.shared_history, self.hub.publish)
-        self.transactions = Transactions(gateway.config.state_dir / "transactions")
+        self.shared: SharedBackend = SqliteShared(gateway.db, self.config.shared_history, self.hub.publish)
+        self.transactions = Transactions(
+            gateway.config.state_dir / "transactions", self.config.max_transaction_snapshot_bytes
+        )
         for capability in self._capabilities():
             gateway.registry.add(capability)
         for name in FILE_CAPABILITIES:
@@ -206,7 +208,11 @@ class StateService:
                         details={"capability": p.name},
                     )
                 step = TxContext(
-                    self.gateway.workspace, caller.key_name, caller.session_id, tx.scratch / str(tx.steps)
+                    self.gateway.workspace,
+                    caller.key_name,
+                    caller.session_id,
+                    tx.scratch / str(tx.steps),
+                    tx.budget,
                 )
                 tx.steps += 1
                 prepared = await prepare(step, inputs) if prepare is not None else Prepared()

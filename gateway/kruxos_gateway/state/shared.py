@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Committed changes waiting for an earlier revision; normally a handful at most.
+MAX_REORDER = 10_000
+
 
 @dataclass(frozen=True)
 class Current:
@@ -133,6 +136,11 @@ class SqliteShared:
             return
         self._pending[change.revision] = change
         assert self._head is not None
+        if len(self._pending) > MAX_REORDER:
+            # A revision never arrived (it cannot happen with one writer thread; if it ever does,
+            # stalling every watch would be worse than a gap that the log shows): skip past it.
+            log.error("shared-state revision %d never arrived; watches skip it", self._head + 1)
+            self._head = min(self._pending) - 1
         while (nxt := self._pending.pop(self._head + 1, None)) is not None:
             self._head = nxt.revision
             try:

@@ -44,13 +44,57 @@ def top_missing(ws: Workspace, agent_path: str) -> str:
     return highest
 
 
-def take(ws: Workspace, agent_path: str, into: Path) -> Snapshot:
-    """Record what ``agent_path`` is now (copying its bytes under ``into``)."""
+@dataclass
+class Budget:
+    """Bytes a transaction may still copy into snapshots (``state.max_transaction_snapshot_bytes``)."""
+
+    remaining: int
+
+
+def _refuse(agent: str, why: str, fix: str) -> GatewayError:
+    return GatewayError(
+        f"{agent} {why}, so it cannot be restored on rollback",
+        error_type="not_transactional",
+        recovery=[("run_outside_transaction", fix)],
+        details={"path": agent},
+    )
+
+
+def _size(real: str, agent: str) -> int:
+    """Bytes a snapshot of ``real`` copies; refuses special files (a FIFO would block the copy)."""
+    st = os.lstat(real)
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size
+    if stat.S_ISLNK(st.st_mode):
+        return 0
+    if not stat.S_ISDIR(st.st_mode):
+        raise _refuse(agent, "is neither a file, a directory nor a symlink", "leave special files alone")
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(real):
+        for name in dirnames + filenames:
+            entry = os.lstat(os.path.join(dirpath, name))
+            if stat.S_ISREG(entry.st_mode):
+                total += entry.st_size
+            elif not (stat.S_ISDIR(entry.st_mode) or stat.S_ISLNK(entry.st_mode)):
+                raise _refuse(agent, "contains a special file (FIFO, socket or device)", "move it out first")
+    return total
+
+
+def take(ws: Workspace, agent_path: str, into: Path, budget: Budget) -> Snapshot:
+    """Record what ``agent_path`` is now (copying its bytes under ``into``, charged to ``budget``)."""
     wp = ws.resolve(agent_path, follow_final=False)
     try:
+        size = _size(wp.real, wp.agent)
         st = os.lstat(wp.real)
     except FileNotFoundError:
         return Snapshot(wp.agent, wp.real, "absent", None)
+    if size > budget.remaining:
+        raise _refuse(
+            wp.agent,
+            f"holds {size} bytes, more than this transaction may still snapshot ({budget.remaining})",
+            "change large trees outside a transaction, or in several smaller transactions",
+        )
+    budget.remaining -= size
     copy = str(into)
     if stat.S_ISLNK(st.st_mode):
         return Snapshot(wp.agent, wp.real, "symlink", None, os.readlink(wp.real))
@@ -58,15 +102,8 @@ def take(ws: Workspace, agent_path: str, into: Path) -> Snapshot:
         shutil.copytree(wp.real, copy, symlinks=True)
         shutil.copystat(wp.real, copy, follow_symlinks=False)
         return Snapshot(wp.agent, wp.real, "directory", copy)
-    if stat.S_ISREG(st.st_mode):
-        shutil.copy2(wp.real, copy, follow_symlinks=False)
-        return Snapshot(wp.agent, wp.real, "file", copy)
-    raise GatewayError(
-        f"{wp.agent} is neither a file, a directory nor a symlink; it cannot be restored",
-        error_type="not_transactional",
-        recovery=[("run_outside_transaction", "touch special files outside a transaction")],
-        details={"path": wp.agent},
-    )
+    shutil.copy2(wp.real, copy, follow_symlinks=False)
+    return Snapshot(wp.agent, wp.real, "file", copy)
 
 
 def restore(ws: Workspace, snap: Snapshot) -> str | None:

@@ -49,6 +49,7 @@ class TxContext:
     key_name: str
     session_id: str
     scratch: Path  # a fresh directory for this step's snapshots
+    budget: snapshots.Budget  # bytes the transaction may still copy into snapshots
 
 
 Compensator = Callable[[TxContext, dict[str, Any]], Awaitable[Prepared]]
@@ -80,7 +81,7 @@ def _fs_compensator(paths: Callable[[Workspace, dict[str, Any]], list[str]]) -> 
             tx.scratch.mkdir(parents=True, exist_ok=True)
             taken = []
             for n, agent_path in enumerate(paths(tx.workspace, inputs)):
-                taken.append(snapshots.take(tx.workspace, agent_path, tx.scratch / str(n)))
+                taken.append(snapshots.take(tx.workspace, agent_path, tx.scratch / str(n), tx.budget))
             return taken
 
         try:
@@ -133,6 +134,7 @@ class Transaction:
     session_id: str
     scratch: Path
     undo: list[Undo] = field(default_factory=list)
+    budget: snapshots.Budget = field(default_factory=lambda: snapshots.Budget(0))
     steps: int = 0
     status: str = "open"  # open, committed, rolled_back
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -143,8 +145,9 @@ class Transactions:
 
     MAX_OPEN_PER_SESSION = 16
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_snapshot_bytes: int) -> None:
         self.root = root
+        self.max_snapshot_bytes = max_snapshot_bytes
         self._open: dict[str, Transaction] = {}
         # Snapshots left by a gateway that stopped mid-transaction cannot be applied any more.
         shutil.rmtree(root, ignore_errors=True)
@@ -157,7 +160,9 @@ class Transactions:
                 recovery=[("finish_transactions", "commit or roll back a transaction first")],
             )
         tx_id = "tx_" + secrets.token_hex(12)
-        tx = Transaction(tx_id, session_id, self.root / tx_id)
+        tx = Transaction(
+            tx_id, session_id, self.root / tx_id, budget=snapshots.Budget(self.max_snapshot_bytes)
+        )
         tx.scratch.mkdir(parents=True, exist_ok=True)
         self._open[tx_id] = tx
         return tx
