@@ -41,9 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import websockets
-from websockets.asyncio.client import connect
-
 from kruxos import AsyncAgent, KruxOS
+from websockets.asyncio.client import connect
 
 REPO = Path(__file__).resolve().parent.parent
 AGENT_RATE = 10.0  # invocations per second per agent in the 100-agent run
@@ -118,6 +117,12 @@ def start_process(argv: list[str], **kwargs: object) -> subprocess.Popen[str]:
     return subprocess.Popen(argv, text=True, **kwargs)  # type: ignore[call-overload,no-any-return]
 
 
+def create_key(config: Path, name: str) -> str:
+    """A new API key from the operator CLI, as an operator would make one."""
+    argv = [sys.executable, "-m", "kruxos_gateway.ctl", "--config", str(config), "keys", "create", name]
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
+
+
 def wait_for_file(path: Path, process: subprocess.Popen[str], seconds: float = 20) -> str:
     deadline = time.monotonic() + seconds
     while not path.exists():
@@ -139,15 +144,18 @@ async def main(quick: bool) -> int:
             f"listen: {{host: 127.0.0.1, port: 0}}\nstate_dir: {root / 'state'}\n"
             f"workspace: {{root: {root / 'workspace'}}}\nlimits: {{max_in_flight: 64}}\n"
         )
-        key = subprocess.run(
-            [sys.executable, "-m", "kruxos_gateway.ctl", "--config", str(config), "keys", "create", "bench"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        key = await asyncio.to_thread(create_key, config, "bench")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         gateway = start_process(
-            [sys.executable, "-m", "kruxos_gateway", "--config", str(config), "--port-file", str(root / "port")],
+            [
+                sys.executable,
+                "-m",
+                "kruxos_gateway",
+                "--config",
+                str(config),
+                "--port-file",
+                str(root / "port"),
+            ],
             env=env,
             stderr=subprocess.DEVNULL,
         )

@@ -15,16 +15,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
-
-from pydantic import BaseModel, ValidationError
+from typing import Any, Protocol
 
 from . import store
 from .approvals import ApprovalParams, Approvals
 from .capabilities import Context, Registry, RunAs, validate_inputs
 from .config import GatewayConfig
 from .db import Database
-from .errors import CapabilityFailed, GatewayError, InternalError, InvalidMessage
+from .errors import CapabilityFailed, GatewayError, InternalError
 from .models import (
     CapabilityDefinition,
     DescribeParams,
@@ -36,12 +34,11 @@ from .models import (
     RequestFrame,
     ResponseFrame,
 )
-from .protocol import error_frame, one_line, response_frame
+from .protocol import error_frame, parse_params, response_frame
 from .state.service import StateService
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
-P = TypeVar("P", bound=BaseModel)
 
 
 class EventSink(Protocol):
@@ -84,16 +81,6 @@ class AllowAll:
         return None
 
 
-def _params(model: type[P], params: dict[str, Any], method: str) -> P:
-    try:
-        return model.model_validate(params)
-    except ValidationError as exc:
-        raise InvalidMessage(
-            f"invalid params for {method}: {one_line(exc)}",
-            recovery=[("fix_params", "see docs/protocol.md for the params of each method")],
-        ) from None
-
-
 class Gateway:
     """Answers requests; shared by every connection."""
 
@@ -121,6 +108,18 @@ class Gateway:
         self.methods: dict[str, Callable[[Caller, dict[str, Any]], Awaitable[dict[str, Any]]]] = {}
         # Agent state: state.* capabilities, watches, transactions, briefings (state/service.py).
         self.state = StateService(self)
+
+    def context(self, key_name: str, session_id: str, invocation_id: str) -> Context:
+        """What a capability handler gets for one invocation on behalf of ``key_name``."""
+        return Context(
+            config=self.config,
+            workspace=self.workspace,
+            db=self.db,
+            key_name=key_name,
+            session_id=session_id,
+            invocation_id=invocation_id,
+            run_as=self.run_as,
+        )
 
     # --- sessions -------------------------------------------------------------------------------
 
@@ -156,19 +155,19 @@ class Gateway:
 
     async def _call(self, caller: Caller, method: str, params: dict[str, Any]) -> dict[str, Any]:
         if method == "ping":
-            _params(PingParams, params, method)
+            parse_params(PingParams, params, method)
             return {"pong": True, "time": time.time()}
         if method == "capabilities.list":
-            filters = _params(ListParams, params, method)
+            filters = parse_params(ListParams, params, method)
             definitions = self.registry.list(filters.category, filters.tag)
             return {"capabilities": [d.model_dump(mode="json") for d in definitions]}
         if method == "capabilities.describe":
-            name = _params(DescribeParams, params, method).name
+            name = parse_params(DescribeParams, params, method).name
             return {"capability": self.registry.get(name).definition.model_dump(mode="json")}
         if method == "capabilities.invoke":
-            return await self.invoke(caller, _params(InvokeParams, params, method))
+            return await self.invoke(caller, parse_params(InvokeParams, params, method))
         if method == "approvals.check":
-            return await self.approvals.check(caller, _params(ApprovalParams, params, method))
+            return await self.approvals.check(caller, parse_params(ApprovalParams, params, method))
         if (extension := self.methods.get(method)) is not None:
             return await extension(caller, params)
         raise AssertionError(f"method {method!r} passed the protocol core but has no handler")
@@ -180,15 +179,7 @@ class Gateway:
         try:
             capability = self.registry.get(params.name)
             inputs = validate_inputs(capability.definition, params.inputs)
-            ctx = Context(
-                config=self.config,
-                workspace=self.workspace,
-                db=self.db,
-                key_name=caller.key_name,
-                session_id=caller.session_id,
-                invocation_id=invocation_id,
-                run_as=self.run_as,
-            )
+            ctx = self.context(caller.key_name, caller.session_id, invocation_id)
             await self.policy.evaluate(ctx, capability.definition, inputs)
             data: dict[str, Any] | None = None
             failure: CapabilityFailed | None = None

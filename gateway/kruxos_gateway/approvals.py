@@ -308,15 +308,7 @@ class Approvals:
                         f"policy rule {decision.rule!r} now denies {capability.name}; it was not run",
                         decision.rule,
                     )
-            ctx = Context(
-                config=gateway.config,
-                workspace=gateway.workspace,
-                db=gateway.db,
-                key_name=approval.key_name,
-                session_id=approval.session_id,
-                invocation_id=invocation_id,
-                run_as=gateway.run_as,
-            )
+            ctx = gateway.context(approval.key_name, approval.session_id, invocation_id)
             data = await capability.handler(ctx, inputs)
             return InvocationResult(
                 invocation_id=invocation_id,

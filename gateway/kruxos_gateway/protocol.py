@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from . import errors
 from .models import (
@@ -147,6 +147,20 @@ def one_line(exc: ValidationError) -> str:
     first = exc.errors()[0]
     loc = ".".join(str(part) for part in first["loc"])
     return f"{loc}: {first['msg']}" if loc else first["msg"]
+
+
+P = TypeVar("P", bound=BaseModel)
+
+
+def parse_params(model: type[P], params: dict[str, Any], method: str) -> P:
+    """Validate a request's ``params`` for ``method``; a mismatch is ``invalid_message``."""
+    try:
+        return model.model_validate(params)
+    except ValidationError as exc:
+        raise errors.InvalidMessage(
+            f"invalid params for {method}: {one_line(exc)}",
+            recovery=[("fix_params", "see docs/protocol.md for the params of each method")],
+        ) from None
 
 
 def _json_type(value: object) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -54,6 +55,12 @@ def _gateway_cli(*args: str | Path) -> list[str]:
     return [sys.executable, "-m", *(str(a) for a in args)]
 
 
+def _shipped_policy() -> Path:
+    from kruxos_gateway.policy import DEFAULT_POLICY_RESOURCE
+
+    return Path(importlib.util.find_spec("kruxos_gateway").origin).parent / DEFAULT_POLICY_RESOURCE  # type: ignore[arg-type,union-attr]
+
+
 @contextmanager
 def start_gateway(base: Path, **settings: Any) -> Iterator[RunningGateway]:
     """Run the real gateway (``kruxos_gateway``) on 127.0.0.1, port 0, with a fresh key and workspace.
@@ -64,6 +71,9 @@ def start_gateway(base: Path, **settings: Any) -> Iterator[RunningGateway]:
         import kruxos_gateway  # noqa: F401
     except ImportError:
         pytest.skip("the gateway package kruxos_gateway is not installed (pip install -e gateway)")
+    # The shipped default policy, named explicitly: a host's own /etc/kruxos/policy.yaml (the
+    # configuration's default path) must not decide what the guide's samples may do.
+    settings.setdefault("policy", {"file": str(_shipped_policy())})
     workspace, state, config = base / "workspace", base / "state", base / "gateway.yaml"
     workspace.mkdir()
     (workspace / "README.md").write_text(README)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInput, UnknownCapability
-from ..models import CapabilityDefinition, InputSpec
+from ..models import CapabilityDefinition, InputSpec, OutputSpec
 
 if TYPE_CHECKING:
     from ..config import GatewayConfig
@@ -87,6 +87,31 @@ class Registry:
             if (category is None or c.definition.category == category)
             and (tag is None or tag in c.definition.tags)
         ]
+
+
+def define(
+    category: str,
+    name: str,
+    tags: list[str],
+    purpose: str,
+    when_to_use: str,
+    inputs: list[InputSpec],
+    outputs: list[tuple[str, str, str]],
+    tier: str,
+) -> CapabilityDefinition:
+    """The definition of ``category.name``; ``outputs`` are (name, type, description) triples."""
+    return CapabilityDefinition.model_validate(
+        {
+            "name": f"{category}.{name}",
+            "category": category,
+            "tags": tags,
+            "purpose": purpose,
+            "when_to_use": when_to_use,
+            "inputs": inputs,
+            "outputs": [OutputSpec(name=n, type=t, description=d) for n, t, d in outputs],
+            "permission_tier": tier,
+        }
+    )
 
 
 def default_registry() -> Registry:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
-from ..models import CapabilityDefinition, InputSpec, OutputSpec
-from . import Capability, Context
+from ..models import InputSpec
+from . import Capability, Context, define
 from . import _fs_ops as ops
 
 _PATH_NOTE = "an absolute path under /workspace, or a path relative to /workspace"
@@ -75,27 +76,7 @@ async def _move(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def _definition(
-    name: str,
-    tags: list[str],
-    purpose: str,
-    when_to_use: str,
-    inputs: list[InputSpec],
-    outputs: list[tuple[str, str, str]],
-    tier: str,
-) -> CapabilityDefinition:
-    return CapabilityDefinition.model_validate(
-        {
-            "name": f"filesystem.{name}",
-            "category": "filesystem",
-            "tags": tags,
-            "purpose": purpose,
-            "when_to_use": when_to_use,
-            "inputs": inputs,
-            "outputs": [OutputSpec(name=n, type=t, description=d) for n, t, d in outputs],
-            "permission_tier": tier,
-        }
-    )
+_definition = functools.partial(define, "filesystem")
 
 
 _ENTRY = "objects with name, path, type (file|directory|symlink|other), size (bytes), modified (ISO 8601 UTC)"

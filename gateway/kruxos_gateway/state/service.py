@@ -19,12 +19,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from ..capabilities import Capability, Context, validate_inputs
-from ..errors import CapabilityFailed, GatewayError, InvalidInput, InvalidMessage
-from ..models import CapabilityDefinition, InputSpec, InvokeParams, OutputSpec
-from ..protocol import one_line
+from ..capabilities import Capability, Context, define, validate_inputs
+from ..errors import CapabilityFailed, GatewayError, InvalidInput
+from ..models import InputSpec, InvokeParams
+from ..protocol import parse_params
 from . import briefing, queries
 from .limits import check_key, check_prefix, encode_value
 from .queries import Change, Conflict
@@ -79,16 +79,6 @@ class BeginParams(_Params):
     pass
 
 
-def _parse(model: type[_Params], params: dict[str, Any], method: str) -> Any:
-    try:
-        return model.model_validate(params)
-    except ValidationError as exc:
-        raise InvalidMessage(
-            f"invalid params for {method}: {one_line(exc)}",
-            recovery=[("fix_params", "see docs/protocol.md for the params of each method")],
-        ) from None
-
-
 class StateService:
     """Agent state for one gateway."""
 
@@ -133,7 +123,7 @@ class StateService:
     # --- watches --------------------------------------------------------------------------------
 
     async def watch(self, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
-        p: WatchParams = _parse(WatchParams, params, "state.shared.watch")
+        p: WatchParams = parse_params(WatchParams, params, "state.shared.watch")
         check_prefix(p.prefix, self.config)
         if self.hub.count(caller.session_id) >= MAX_WATCHES_PER_SESSION:
             raise GatewayError(
@@ -180,18 +170,18 @@ class StateService:
         return {"watch_id": p.watch_id, "prefix": p.prefix, "revision": head}
 
     async def unwatch(self, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
-        p: UnwatchParams = _parse(UnwatchParams, params, "state.shared.unwatch")
+        p: UnwatchParams = parse_params(UnwatchParams, params, "state.shared.unwatch")
         return {"watch_id": p.watch_id, "removed": self.hub.remove(caller.session_id, p.watch_id)}
 
     # --- transactions ---------------------------------------------------------------------------
 
     async def begin(self, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
-        _parse(BeginParams, params, "transaction.begin")
+        parse_params(BeginParams, params, "transaction.begin")
         tx = self.transactions.begin(caller.session_id)
         return {"transaction_id": tx.id, "status": tx.status}
 
     async def transaction_invoke(self, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
-        p: TransactionInvokeParams = _parse(TransactionInvokeParams, params, "transaction.invoke")
+        p: TransactionInvokeParams = parse_params(TransactionInvokeParams, params, "transaction.invoke")
         tx = self.transactions.get(caller.session_id, p.transaction_id)
         async with tx.lock:
             tx = self.transactions.get(caller.session_id, p.transaction_id)  # still open?
@@ -231,7 +221,7 @@ class StateService:
             return result
 
     async def commit(self, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
-        p: TransactionParams = _parse(TransactionParams, params, "transaction.commit")
+        p: TransactionParams = parse_params(TransactionParams, params, "transaction.commit")
         tx = self.transactions.get(caller.session_id, p.transaction_id)
         async with tx.lock:
             tx = self.transactions.get(caller.session_id, p.transaction_id)
@@ -239,7 +229,7 @@ class StateService:
         return {"transaction_id": tx.id, "status": tx.status, "steps": tx.steps}
 
     async def rollback(self, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
-        p: TransactionParams = _parse(TransactionParams, params, "transaction.rollback")
+        p: TransactionParams = parse_params(TransactionParams, params, "transaction.rollback")
         tx = self.transactions.get(caller.session_id, p.transaction_id)
         async with tx.lock:
             tx = self.transactions.get(caller.session_id, p.transaction_id)
@@ -630,16 +620,5 @@ def _cap(
     tier: str,
     handler: Callable[[Context, dict[str, Any]], Awaitable[dict[str, Any]]],
 ) -> Capability:
-    definition = CapabilityDefinition.model_validate(
-        {
-            "name": f"state.{name}",
-            "category": "state",
-            "tags": tags,
-            "purpose": purpose,
-            "when_to_use": when_to_use,
-            "inputs": inputs,
-            "outputs": [OutputSpec(name=n, type=t, description=d) for n, t, d in outputs],
-            "permission_tier": tier,
-        }
-    )
+    definition = define("state", name, tags, purpose, when_to_use, inputs, outputs, tier)
     return Capability(definition, handler)
