@@ -101,14 +101,13 @@ def cmd_build(args: argparse.Namespace, layout: Layout, stage: Stages) -> int:
     with stage("mkosi summary"):
         (layout.build / "mkosi-summary.txt").write_text(mkosi.summary(layout))
     log = layout.build / "mkosi.log"
-    cache_hit = any(layout.cache.glob("*.cache")) and not args.force
-    print(
-        f"    mkosi's log: {log}; "
-        + ("reusing the cached distribution in " if cache_hit else "installing Debian, cache: ")
-        + str(layout.cache)
-    )
+    print(f"    mkosi's log: {log}; incremental cache: {layout.cache}")
     with stage("mkosi build"):
         mkosi.build(layout, log=log, force=args.force)
+        if mkosi.reused_cache(log):
+            print("    reused the cached Debian installation (only the trees and scripts ran)")
+        else:
+            print("    installed Debian afresh (no cache, or its package list, release or mirror changed)")
     result = outputs.make(d, rendered, layout, stage=stage)
     stage.report()
     print("outputs:")

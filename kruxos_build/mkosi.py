@@ -57,3 +57,12 @@ def build(layout: Layout, *, log: Path, force: bool = False) -> None:
     if result.returncode != 0:
         tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:]
         raise BuildError(f"mkosi build failed: {tail[0] if tail else 'no output'}", hint=f"full log: {log}")
+
+
+def reused_cache(log: Path) -> bool:
+    """Whether the build in ``log`` reused the incremental cache (mkosi says when it does not)."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return False
+    return "not reusing cached images" not in text and "Installing Debian" not in text

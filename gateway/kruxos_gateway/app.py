@@ -9,7 +9,6 @@ and raise ``PolicyDenied`` / ``ApprovalRequired`` from the hook).
 from __future__ import annotations
 
 import logging
-import secrets
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from . import store
+from . import ids, store
 from .approvals import ApprovalParams, Approvals
 from .capabilities import Context, Registry, RunAs, validate_inputs
 from .config import GatewayConfig
@@ -173,7 +172,7 @@ class Gateway:
         raise AssertionError(f"method {method!r} passed the protocol core but has no handler")
 
     async def invoke(self, caller: Caller, params: InvokeParams) -> dict[str, Any]:
-        invocation_id = "inv_" + secrets.token_hex(12)
+        invocation_id = ids.invocation_id()
         started = time.monotonic()
         outcome = "internal_error"
         try:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from . import approvals_store, store
+from . import approvals_store, ids, store
 from .capabilities import Context, validate_inputs
 from .errors import ApprovalRequired, CapabilityFailed, GatewayError, PolicyDenied
 from .models import CapabilityDefinition, InvocationResult
@@ -266,7 +266,7 @@ class Approvals:
         db = self.gateway.db
         if not await db.run(functools.partial(approvals_store.claim, approval_id=approval.approval_id)):
             return  # already claimed: running elsewhere, finished, or interrupted
-        invocation_id = "inv_" + secrets.token_hex(12)
+        invocation_id = ids.invocation_id()
         started = time.monotonic()
         result = await self._invoke(approval, invocation_id)
         result = {**result, "duration_ms": round((time.monotonic() - started) * 1000, 3)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,14 +61,37 @@ class Workspace:
         """
         agent = self.agent_path(path, input_name)
         relative = agent[len(VIRTUAL_ROOT) :].lstrip("/")
-        joined = os.path.join(self.root, relative) if relative else self.root
-        if follow_final or not relative:
-            real = os.path.realpath(joined)
+        if not relative:
+            return WorkspacePath(agent=agent, real=self.root)
+        if follow_final:
+            real = self._realpath(relative)
         else:
-            real = os.path.join(os.path.realpath(os.path.dirname(joined)), os.path.basename(joined))
+            parent, _, name = relative.rpartition("/")
+            real = os.path.join(self._realpath(parent) if parent else self.root, name)
         if not self.contains(real):
             raise PathOutsideWorkspace(path)
         return WorkspacePath(agent=agent, real=real)
+
+    def _realpath(self, relative: str) -> str:
+        """``os.path.realpath(root/relative)`` for a normalised ``relative`` (no '.', '..', '//').
+
+        The root is resolved once, at start-up, so only the agent's own components are looked at:
+        one lstat each instead of one for every component of the root too. At the first symlink the
+        rest is left to ``os.path.realpath``, which follows links exactly; a component that does not
+        exist ends the walk and the rest is joined as is, as ``realpath`` does.
+        """
+        real = self.root
+        parts = relative.split("/")
+        for index, name in enumerate(parts):
+            candidate = f"{real}/{name}" if real != "/" else f"/{name}"
+            try:
+                is_link = stat.S_ISLNK(os.lstat(candidate).st_mode)
+            except OSError:
+                return os.path.join(candidate, *parts[index + 1 :])
+            if is_link:
+                return os.path.realpath(os.path.join(candidate, *parts[index + 1 :]))
+            real = candidate
+        return real
 
     def contains(self, real: str) -> bool:
         """Whether the real path ``real`` is the root or below it."""

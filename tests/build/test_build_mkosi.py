@@ -38,3 +38,23 @@ def test_mkosi_summary_accepts_the_generated_config(clone: Layout, profile: str)
     assert f"{clone.generated}/extra" in summary  # the generated drop-in was included
     assert f"KRUXOS_PROFILE={profile}" in summary
     assert "Incremental: yes" in summary
+
+
+@pytest.mark.parametrize(
+    ("log", "reused"),
+    [
+        pytest.param("‣  Copying cached trees\n‣  Copying in extra file trees…\n", True, id="cache-reused"),
+        pytest.param(
+            "‣ Cache manifest mismatch, not reusing cached images\n‣  Installing Debian\n",
+            False,
+            id="cache-stale",
+        ),
+        pytest.param(
+            "‣ /var/cache/x.cache does not exist, not reusing cached images\n", False, id="no-cache"
+        ),
+    ],
+)
+def test_the_build_says_whether_it_reused_the_cache(tmp_path: Path, log: str, reused: bool) -> None:
+    path = tmp_path / "mkosi.log"
+    path.write_text(log)
+    assert mkosi.reused_cache(path) is reused

@@ -39,6 +39,7 @@ def test_the_drop_in_carries_the_description(layout: Layout, valid: dict[str, An
     valid.update(version="2.3.4", hostname="edge-7", packages=["vim-tiny", "curl"])
     conf = _mkosi_conf(_render(layout, valid))
     assert conf["Distribution"]["Release"] == "trixie"
+    assert conf["Distribution"]["Mirror"] == "http://deb.debian.org/debian"  # mkosi's cache key
     assert conf["Output"]["ImageVersion"] == "2.3.4"
     assert conf["Output"]["CacheDirectory"] == str(layout.cache)
     assert conf["Content"]["Hostname"] == "edge-7"

@@ -145,6 +145,25 @@ def test_no_generated_path_resolves_outside_the_workspace(
         assert os.path.realpath(resolved.real) == resolved.real
 
 
+@settings(max_examples=500, deadline=None)
+@given(path=PATHS, follow_final=st.booleans())
+def test_resolution_agrees_with_os_realpath_of_the_path_under_the_root(
+    tree: Workspace, path: str, follow_final: bool
+) -> None:
+    # The resolver walks only the agent's components (the root is resolved once); it must land
+    # exactly where os.path.realpath of the whole path does, links, loops and missing parts included.
+    try:
+        resolved = tree.resolve(path, follow_final=follow_final)
+    except (PathOutsideWorkspace, InvalidInput):
+        return
+    relative = resolved.agent[len("/workspace") :].lstrip("/")
+    expected = os.path.realpath(os.path.join(tree.root, relative))
+    if not follow_final and relative:
+        head, _, name = os.path.join(tree.root, relative).rpartition("/")
+        expected = os.path.join(os.path.realpath(head), name)
+    assert resolved.real == expected
+
+
 @settings(max_examples=300, deadline=None)
 @given(path=PATHS)
 def test_no_generated_path_reads_a_file_outside_the_workspace(tree: Workspace, path: str) -> None:
