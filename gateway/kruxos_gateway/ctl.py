@@ -137,7 +137,7 @@ def _keys_create(conn: sqlite3.Connection, name: str, output: TextIO | None) -> 
         print(f"created key {name!r}; it is shown only once: store it now", file=sys.stderr)
 
 
-def _table(rows: Sequence[Sequence[str]]) -> None:
+def print_table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -150,7 +150,7 @@ def _keys_list(conn: sqlite3.Connection) -> None:
         return
     rows = [("NAME", "CREATED", "LAST USED", "REVOKED")]
     rows += [(k.name, k.created_at, k.last_used_at or "never", k.revoked_at or "-") for k in keys]
-    _table(rows)
+    print_table(rows)
 
 
 def _keys_revoke(conn: sqlite3.Connection, name: str) -> None:

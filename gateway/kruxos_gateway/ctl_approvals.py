@@ -22,7 +22,7 @@ from . import approvals_store
 from .approvals import PIDFILE, initial_policy
 from .capabilities import default_registry
 from .config import GatewayConfig
-from .ctl import CtlError, _table
+from .ctl import CtlError, print_table
 from .errors import GatewayError
 from .policy import PolicyError, shipped_default_text
 from .store import transaction
@@ -164,7 +164,7 @@ def run_approvals(conn: sqlite3.Connection, config: GatewayConfig, args: argpars
                     _brief(approvals_store.canonical(a.inputs)),
                 )
             )
-        _table(table)
+        print_table(table)
         return
     if command == "show":
         _show(conn, args.approval_id)
