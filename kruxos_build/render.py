@@ -26,6 +26,7 @@ from .paths import Layout
 OVERLAY = "overlay"
 SDK_SOURCE = Path("sdk/python/kruxos")
 GATEWAY_SOURCE = Path("gateway/kruxos_gateway")
+DEFAULT_POLICY_SOURCE = GATEWAY_SOURCE / "default-policy.yaml"
 DEFAULT_KRUXOSCTL = "kruxos_gateway.cli:main"
 
 # Directory modes in the extra tree: copied over the image's own, so they must be right.
@@ -176,9 +177,10 @@ def render(description: Description, description_path: Path, layout: Layout) -> 
         (SDK_SOURCE, "opt/kruxos/sdk/python/kruxos"),
         (GATEWAY_SOURCE, "opt/kruxos/gateway/kruxos_gateway"),
     ):
-        if (root / package / "__init__.py").exists():  # the others may not have written it yet
-            shutil.copytree(root / package, extra / in_image, ignore=_IGNORE)
-            staged.append(in_image)
+        shutil.copytree(root / package, extra / in_image, ignore=_IGNORE)
+        staged.append(in_image)
+    # The shipped default policy becomes the appliance's editable policy file (docs/operations.md).
+    _write(extra / "etc/kruxos/policy.yaml", (root / DEFAULT_POLICY_SOURCE).read_text(), 0o644)
     _fix_modes(extra)
     (generated / "pkgmngr").chmod(0o755)
 

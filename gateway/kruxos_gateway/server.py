@@ -67,7 +67,7 @@ if sys.version_info >= (3, 12):
     def _start_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         # Eager: the request runs at once, up to its first real wait, instead of one trip around the
         # event loop later; requests that need no I/O (ping, stat, state reads) answer in one go.
-        return asyncio.Task(coro, eager_start=True)
+        return asyncio.Task(coro, loop=asyncio.get_running_loop(), eager_start=True)
 
 else:
     _start_task = asyncio.create_task

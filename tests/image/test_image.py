@@ -134,6 +134,35 @@ def test_an_agent_unit_imports_kruxos_and_invokes_capabilities(host: Host) -> No
     assert written.group == "kruxos-workspace"
 
 
+def test_the_gateway_enforces_the_installed_policy_and_reloads_it(host: Host) -> None:
+    assert host.file("/etc/kruxos/policy.yaml").mode == 0o644
+    decision = host.check_output(
+        "kruxosctl --config /etc/kruxos/gateway.yaml policy test process.run command='sudo id' --key admin"
+    )
+    assert "deny" in decision, decision
+    assert host.run("systemctl reload kruxos-gateway").rc == 0
+    log = host.check_output("journalctl --sync; journalctl -o cat -u kruxos-gateway")
+    assert "policy reloaded from /etc/kruxos/policy.yaml" in log, log
+    assert "no policy file" not in log, log
+    assert host.service("kruxos-gateway").is_running
+
+
+def test_a_timed_out_command_of_the_agent_user_is_killed_with_its_children(host: Host) -> None:
+    script = (
+        "from kruxos import KruxOS\n"
+        f"with KruxOS.connect(api_key='{admin_key(host)}') as agent:\n"
+        "    ran = agent.capabilities.invoke(\n"
+        "        'process.run', command='sleep 300 & sleep 301; echo never', timeout=2\n"
+        "    )\n"
+        "    print(ran.data['timed_out'], repr(ran.data['stdout']))\n"
+    )
+    host.check_output(f"cat > /root/timeout.py <<'EOF'\n{script}EOF")
+    out = host.check_output(f"timeout {timeout(60):.0f} bash -lc 'python3 /root/timeout.py'")
+    assert out == "True ''"
+    # Both sleeps ran as kruxos-agent; the gateway (user kruxos) needs CAP_KILL to end them.
+    assert host.run("pgrep -u kruxos-agent -f 'sleep 30[01]'").rc == 1
+
+
 def _quick_start() -> str:
     if not GUIDE.exists():
         pytest.skip(f"no SDK guide at {GUIDE}")
