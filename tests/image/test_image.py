@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -17,7 +18,8 @@ from kruxos_build import boot
 
 pytestmark = pytest.mark.image
 
-GUIDE = ROOT.parent / "shared" / "spec" / "python-sdk-guide.md"
+# The SDK guide beside the repository (as for tests/guide), or where KRUXOS_SDK_GUIDE says.
+GUIDE = Path(os.environ.get("KRUXOS_SDK_GUIDE") or ROOT.parent / "shared" / "spec" / "python-sdk-guide.md")
 SDK = "/opt/kruxos/sdk/python"
 
 
