@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+# 1: keys, audit, alerts; 2: approvals and agent state, whose tables their modules hold.
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -68,19 +69,26 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+        # Every statement is CREATE ... IF NOT EXISTS: a database of any older version gets what it
+        # lacks, and a second process racing this one (kruxosctl beside the gateway at first boot)
+        # waits for the write lock, then changes nothing.
+        script = ";\n".join(_schema_parts())
         try:
-            conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA}; PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+            conn.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-    from .approvals_store import SCHEMA as approvals_schema  # approvals' tables (idempotent)
-
-    conn.executescript(approvals_schema)
-    from .state.schema import ensure as ensure_state_schema  # agent state's tables (idempotent)
-
-    ensure_state_schema(conn)
     return conn
+
+
+def _schema_parts() -> tuple[str, ...]:
+    """The core tables, then those of the features that keep theirs in their own modules."""
+    # Imported here, not at the top: both modules import this one.
+    from .approvals_store import SCHEMA as approvals_schema
+    from .state.schema import SCHEMA as state_schema
+
+    return (_SCHEMA, approvals_schema, state_schema)
 
 
 @contextmanager

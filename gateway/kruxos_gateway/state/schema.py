@@ -1,21 +1,10 @@
-"""The SQLite tables of agent state, created if missing whenever the database is opened.
+"""The SQLite tables of agent state.
 
-``store.connect`` calls :func:`ensure`; the tables live beside the keys, audit log and alerts in
-``state_dir/gateway.db`` so that one group commit covers a state write and its audit record.
+``store.connect`` creates them with the rest of the schema; they live beside the keys, audit log and
+alerts in ``state_dir/gateway.db`` so that one group commit covers a state write and its audit record.
 """
 
 from __future__ import annotations
-
-import sqlite3
-
-TABLES = (
-    "state_persistent",
-    "state_shared",
-    "state_shared_log",
-    "state_watch_prefixes",
-    "state_sessions",
-    "state_file_events",
-)
 
 SCHEMA = """
 -- Persistent state: one row per version of (owner, key); owner is the API key's name.
@@ -78,19 +67,3 @@ CREATE TABLE IF NOT EXISTS state_file_events (
 );
 CREATE INDEX IF NOT EXISTS state_file_events_ts ON state_file_events(ts);
 """
-
-
-def ensure(conn: sqlite3.Connection) -> None:
-    """Create the state tables that are missing (a no-op, without a write lock, once they exist)."""
-    placeholders = ",".join("?" * len(TABLES))
-    present = conn.execute(
-        f"SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ({placeholders})", TABLES
-    ).fetchone()[0]
-    if present == len(TABLES):
-        return
-    try:
-        conn.executescript(f"BEGIN IMMEDIATE; {SCHEMA}; COMMIT;")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
