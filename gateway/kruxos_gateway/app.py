@@ -9,7 +9,6 @@ and raise ``PolicyDenied`` / ``ApprovalRequired`` from the hook).
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -211,24 +210,20 @@ class Gateway:
         """Queue the invocation's audit record; it is group-committed off the answer's path (db.py).
 
         Only the clock is read here: the record (its timestamp text, the digest of the inputs) is
-        built on the database thread, not on the event loop that answers the next request.
+        made on the database thread, with the records of the invocations around it, not on the
+        event loop that answers the next request.
         """
-        when = datetime.now(UTC)
-
-        def append(conn: sqlite3.Connection) -> None:
-            record = store.AuditRecord(
-                ts=store.iso_ms(when),
-                key_name=caller.key_name,
-                session_id=caller.session_id,
-                invocation_id=invocation_id,
-                capability=params.name,
-                inputs_sha256=store.inputs_digest(params.inputs),
-                outcome=outcome,
-                duration_ms=duration_ms,
-            )
-            store.append_audit(conn, record)
-
-        self.db.submit(append)
+        event = store.AuditEvent(
+            datetime.now(UTC),
+            caller.key_name,
+            caller.session_id,
+            invocation_id,
+            params.name,
+            params.inputs,
+            outcome,
+            duration_ms,
+        )
+        self.db.submit_row(store.append_audit_events, event)
 
 
 def _elapsed_ms(started: float) -> float:

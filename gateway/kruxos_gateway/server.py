@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.parse
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -49,16 +49,37 @@ KEEPALIVE_INTERVAL = 20.0
 
 
 class _Connection(ServerConnection):
-    """A connection that remembers when the client last sent a frame (pongs excluded)."""
+    """A connection that remembers when the client last sent a frame (pongs excluded), and hands each
+    complete text frame to ``on_text`` as it arrives.
+
+    websockets queues received messages for ``recv()``; the handler reading them from there is one more
+    trip through the event loop per request before the request's own task even starts. Called from the
+    connection's ``data_received``, ``on_text`` starts that task directly (bench/gateway_bench.py).
+    Until ``on_text`` is set (before ``hello``), and from the first fragmented or binary message on,
+    messages go the usual way, through ``recv()``: switching for good keeps them in arrival order.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.last_activity = time.monotonic()
+        self.on_text: Callable[[str], None] | None = None
 
     def process_event(self, event: Any) -> None:
         # Our keepalive pings are answered by pongs: those must not keep an idle client alive.
         if isinstance(event, Frame) and event.opcode is not Opcode.PONG:
             self.last_activity = time.monotonic()
+            on_text = self.on_text
+            if on_text is not None:
+                if event.opcode is Opcode.TEXT and event.fin:
+                    try:
+                        text = bytes(event.data).decode()
+                    except UnicodeDecodeError:
+                        pass  # recv() raises it as the protocol error it is
+                    else:
+                        on_text(text)
+                        return
+                if event.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
+                    self.on_text = None
         super().process_event(event)
 
 
@@ -104,7 +125,7 @@ class _Live:
     session: protocol.Session
     caller: Caller
     outbox: _Outbox
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
 def _json_response(
@@ -298,17 +319,16 @@ class GatewayServer:
         try:
             await self._send(connection, hello)
             self.app.session_opened(live.caller)
+            connection.on_text = functools.partial(self._on_text, live)
+            # From here on, recv() sees only what _Connection leaves to it (fragmented or binary
+            # messages); the loop also ends when the connection closes.
             async for message in connection:
                 action = live.session.receive(message)
                 if isinstance(action, protocol.Reply):
-                    await self._send(connection, action.frame)
-                    if action.close_code is not None:
-                        await connection.close(action.close_code, action.close_reason)
+                    if not await self._reply(live, action):
                         break
                 else:
-                    task = _start_task(self._answer(live, action.request))
-                    live.tasks.add(task)
-                    task.add_done_callback(live.tasks.discard)
+                    self._track(live, _start_task(self._answer(live, action.request)))
         except ConnectionClosed:
             pass
         finally:
@@ -320,6 +340,32 @@ class GatewayServer:
             await live.outbox.close()
             await self.app.session_closed(live.caller)
             log.info("session %s closed (%s)", live.caller.session_id, connection.close_code)
+
+    def _on_text(self, live: _Live, message: str) -> None:
+        """A text frame straight from the connection (see _Connection); it must not raise."""
+        try:
+            action = live.session.receive(message)
+            if isinstance(action, protocol.Reply):
+                self._track(live, asyncio.create_task(self._reply(live, action)))
+            else:
+                # Not eager, even on 3.12+: this runs inside the connection's data_received.
+                self._track(live, asyncio.create_task(self._answer(live, action.request)))
+        except Exception:
+            log.exception("session %s: failed to handle a frame; closing", live.caller.session_id)
+            self._track(live, asyncio.create_task(live.connection.close(1011, "internal error")))
+
+    @staticmethod
+    def _track(live: _Live, task: asyncio.Task[Any]) -> None:
+        live.tasks.add(task)
+        task.add_done_callback(live.tasks.discard)
+
+    async def _reply(self, live: _Live, action: protocol.Reply) -> bool:
+        """Send an error frame; close the connection if the error calls for it. False once closing."""
+        await self._send(live.connection, action.frame)
+        if action.close_code is None:
+            return True
+        await live.connection.close(action.close_code, action.close_reason)
+        return False
 
     async def _answer(self, live: _Live, request: RequestFrame) -> None:
         try:

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import sqlite3
 import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -122,6 +123,53 @@ async def test_a_write_submitted_off_the_event_loop_is_queued_at_once(
         await eventually(lambda: _committed(tmp_path / "g.db") == ["inv_7"])
     finally:
         await db.close()
+
+
+def _event(n: int) -> store.AuditEvent:
+    return store.AuditEvent(datetime.now(UTC), "k", "s", f"inv_{n}", "c", {"n": n}, "success", 0.0)
+
+
+@pytest.mark.asyncio
+async def test_rows_submitted_in_a_row_reach_their_writer_together_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db_module, "SUBMIT_DELAY", 3600.0)
+    calls: list[list[str]] = []
+
+    def writer(conn: sqlite3.Connection, events: Sequence[store.AuditEvent]) -> None:
+        calls.append([e.invocation_id for e in events])
+        store.append_audit_events(conn, events)
+
+    db = Database(tmp_path / "g.db")
+    db.start()
+    try:
+        db.submit_row(writer, _event(1))
+        db.submit_row(writer, _event(2))
+        _submit(db, 3)  # a job between rows keeps its place
+        db.submit_row(writer, _event(4))
+        await db.flush()
+        assert calls == [["inv_1", "inv_2"], ["inv_4"]]
+        assert _committed(tmp_path / "g.db") == ["inv_1", "inv_2", "inv_3", "inv_4"]
+    finally:
+        await db.close()
+
+
+@pytest.mark.asyncio
+async def test_audit_events_are_recorded_as_audit_records_with_their_digest(tmp_path: Path) -> None:
+    db = Database(tmp_path / "g.db")
+    db.start()
+    try:
+        count = 2 * 120 + 5  # more than one INSERT statement's worth
+        for n in range(count):
+            db.submit_row(store.append_audit_events, _event(n))
+        await db.flush()
+        rows = await db.run(
+            lambda conn: conn.execute("SELECT invocation_id, inputs_sha256 FROM audit ORDER BY id").fetchall()
+        )
+    finally:
+        await db.close()
+    assert [r[0] for r in rows] == [f"inv_{n}" for n in range(count)]
+    assert [r[1] for r in rows] == [store.inputs_digest({"n": n}) for n in range(count)]
 
 
 def test_iso_ms_writes_what_strftime_wrote() -> None:
