@@ -1,6 +1,7 @@
 """Booting the built image in QEMU: UEFI (OVMF), a snapshot=on disk, SSH and gateway ports forwarded.
 
-KVM is used only when a quick probe shows it really runs a guest; otherwise TCG (``-accel tcg -cpu max``).
+KVM is used only when a quick probe shows it really runs a guest; otherwise TCG (``-accel tcg``) with
+the baseline x86-64 CPU (see ``TCG_CPU``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ OVMF_PAIRS = (
     ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
 )
 QEMU = "qemu-system-x86_64"
+# The CPU emulated under TCG. Debian needs no more than baseline x86-64, and the more a CPU model offers,
+# the more glibc, the kernel and Python pick code paths that TCG emulates slowly: measured on the same
+# image (bench/image_bench.py), `-cpu max` and `Nehalem` reach /health in 55-62 s, `qemu64` in 43-49 s.
+TCG_CPU = "qemu64"
 
 
 def free_port() -> int:
@@ -121,7 +126,7 @@ def command(
 ) -> list[str]:
     """The QEMU command line. ``serial`` is a QEMU chardev spec ("mon:stdio" or "file:PATH")."""
     code, _ = _firmware()
-    accel = ["-accel", "kvm", "-cpu", "host"] if kvm_works() else ["-accel", "tcg", "-cpu", "max"]
+    accel = ["-accel", "kvm", "-cpu", "host"] if kvm_works() else ["-accel", "tcg", "-cpu", TCG_CPU]
     return [
         QEMU,
         "-machine",

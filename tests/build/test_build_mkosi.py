@@ -19,7 +19,15 @@ def clone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Layout:
     """A copy of the files mkosi reads, so the real build/generated is left alone."""
     root = tmp_path / "clone"
     root.mkdir()
-    for name in ("mkosi.conf", "mkosi.conf.d", "mkosi.extra", "mkosi.repart", "mkosi.postinst.chroot"):
+    for name in (
+        "mkosi.conf",
+        "mkosi.conf.d",
+        "mkosi.extra",
+        "mkosi.images",
+        "mkosi.repart",
+        "mkosi.prepare.chroot",
+        "mkosi.postinst.chroot",
+    ):
         (root / name).symlink_to(ROOT / name)
     for name in ("overlay", "profile.d", "sdk", "gateway"):
         (root / name).symlink_to(ROOT / name)
@@ -38,6 +46,9 @@ def test_mkosi_summary_accepts_the_generated_config(clone: Layout, profile: str)
     assert f"{clone.generated}/extra" in summary  # the generated drop-in was included
     assert f"KRUXOS_PROFILE={profile}" in summary
     assert "Incremental: yes" in summary
+    # Our own initrd is built first, as a subimage, and goes into the UKI instead of mkosi's default one.
+    assert summary.index("IMAGE: initrd") < summary.index("IMAGE: default")
+    assert f"Initrds: {clone.mkosi_out}/initrd.cpio.zst" in summary
 
 
 @pytest.mark.parametrize(

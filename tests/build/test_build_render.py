@@ -206,3 +206,17 @@ def test_nothing_runs_systemctl_enable() -> None:
             assert "systemctl enable" not in "\n".join(
                 line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")
             ), path
+
+
+def test_every_masked_unit_and_generator_is_explained_in_the_image_doc() -> None:
+    doc = (ROOT / "docs/image.md").read_text()
+    masked = [
+        path
+        for path in (ROOT / "mkosi.extra/etc/systemd").rglob("*")
+        if path.is_symlink() and str(path.readlink()) == "/dev/null"
+    ]
+    assert masked
+    for path in masked:
+        assert f"`{path.parent.name}/{path.name}`" in doc, (
+            f"{path.name} is masked without a reason in docs/image.md"
+        )
