@@ -8,6 +8,8 @@
 - rebuild after an SDK-only change: the SDK's files are touched (contents unchanged), then ``build.py``
 - sizes: the raw image (apparent and allocated), the .zst
 - boot: QEMU start -> the gateway's GET /health answers 200 through the forwarded port
+
+It prints PASS or MISS beside each of issue #3's targets and exits 1 when one is missed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ sys.path.insert(0, str(ROOT))
 
 from kruxos_build import boot, description, outputs  # noqa: E402  # needs ROOT on sys.path first
 from kruxos_build.paths import DEFAULT_DESCRIPTION, Layout  # noqa: E402
+
+# Issue #3's targets: rebuild <= 25 % of a clean build, compressed image <= 150 MB, gateway ready <= 45 s.
+TARGETS = {
+    "rebuild_ratio": (0.25, "0.25"),
+    "zst_bytes": (150_000_000, "150 MB"),
+    "boot_to_health_s": (45.0, "45 s"),
+}
 
 
 def timed_build(*extra: str) -> float:
@@ -82,9 +91,16 @@ def main() -> int:
 
     for key, value in results.items():
         print(f"{key:22} {value}")
+    print()
+    missed = 0
+    for key, (limit, label) in TARGETS.items():
+        if key in results:
+            ok = float(results[key]) <= limit
+            missed += not ok
+            print(f"{key:22} {results[key]!s:>12}  target <= {label:<10} {'PASS' if ok else 'MISS'}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
