@@ -99,11 +99,13 @@ def cmd_build(args: argparse.Namespace, layout: Layout, stage: Stages) -> int:
         staged = ", ".join(rendered.staged) or "nothing (no SDK or gateway sources yet)"
         print(f"    staged: {staged}")
     with stage("mkosi summary"):
-        (layout.build / "mkosi-summary.txt").write_text(mkosi.summary(layout))
+        summary = mkosi.summary(layout)
+        (layout.build / "mkosi-summary.txt").write_text(summary)
     log = layout.build / "mkosi.log"
     print(f"    mkosi's log: {log}; incremental cache: {layout.cache}")
     with stage("mkosi build"):
-        mkosi.build(layout, log=log, force=args.force)
+        if not mkosi.build(layout, log=log, force=args.force, initrd=mkosi.initrd_key(layout, summary)):
+            print("    reused the initrd of the last build (its configuration is unchanged)")
         if mkosi.reused_cache(log):
             print("    reused the cached Debian installation (only the trees and scripts ran)")
         else:

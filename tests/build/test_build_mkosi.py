@@ -69,3 +69,37 @@ def test_the_build_says_whether_it_reused_the_cache(tmp_path: Path, log: str, re
     path = tmp_path / "mkosi.log"
     path.write_text(log)
     assert mkosi.reused_cache(path) is reused
+
+
+SUMMARY = """IMAGE: initrd
+    CONFIG:
+                            Packages: systemd
+                                Seed: {seed}
+IMAGE: default
+                            Packages: {main}
+"""
+
+
+def test_the_initrd_key_follows_the_initrds_configuration_only(tmp_path: Path) -> None:
+    layout = Layout(root=tmp_path)
+    (tmp_path / "mkosi.images/initrd").mkdir(parents=True)
+    (tmp_path / "mkosi.images/initrd/mkosi.conf").write_text("[Content]\nPackages=systemd\n")
+    key = mkosi.initrd_key(layout, SUMMARY.format(seed="1", main="python3"))
+    # The main image's settings and repart's random seed are not what the initrd is made from.
+    assert mkosi.initrd_key(layout, SUMMARY.format(seed="2", main="python3 jq")) == key
+    assert (
+        mkosi.initrd_key(layout, SUMMARY.replace("systemd", "systemd udev").format(seed="1", main="x")) != key
+    )
+    (tmp_path / "mkosi.images/initrd/mkosi.conf").write_text("[Content]\nPackages=systemd kmod\n")
+    assert mkosi.initrd_key(layout, SUMMARY.format(seed="1", main="python3")) != key
+
+
+def test_the_last_initrd_is_reused_only_if_it_exists_with_the_same_key(tmp_path: Path) -> None:
+    layout = Layout(root=tmp_path)
+    layout.mkosi_out.mkdir(parents=True)
+    stamp = layout.mkosi_out / f"{mkosi.INITRD_OUTPUT}.key"
+    stamp.write_text("abc\n")
+    assert not mkosi.initrd_up_to_date(layout, "abc")  # no initrd
+    (layout.mkosi_out / mkosi.INITRD_OUTPUT).write_bytes(b"cpio")
+    assert mkosi.initrd_up_to_date(layout, "abc")
+    assert not mkosi.initrd_up_to_date(layout, "def")
