@@ -36,7 +36,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -66,11 +66,15 @@ class _HeldRows(Generic[R]):
     """Rows for one writer, submitted one after another; they become one job."""
 
     writer: Callable[[sqlite3.Connection, Sequence[R]], object]
-    rows: list[R] = field(default_factory=list)
+    rows: list[R]
 
     def job(self) -> _Job:
         writer, rows = self.writer, self.rows
         return _Job(lambda conn: writer(conn, rows), None, None)
+
+
+def _job_of(item: _Job | _HeldRows[Any]) -> _Job:
+    return item.job() if isinstance(item, _HeldRows) else item
 
 
 class Database:
@@ -108,14 +112,7 @@ class Database:
 
     def submit(self, fn: Callable[[sqlite3.Connection], object]) -> None:
         """Queue ``fn(connection)`` without waiting; a failure is logged, not raised."""
-        if self._thread is None:
-            raise RuntimeError("database not started")
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # not on the event loop (another thread): queue it at once
-            self._jobs.put(_Job(fn, None, None))
-            return
-        self._hold(_Job(fn, None, None), loop)
+        self._submit(_Job(fn, None, None))
 
     def submit_row(self, writer: Callable[[sqlite3.Connection, Sequence[R]], object], row: R) -> None:
         """Queue one ``row`` for ``writer`` without waiting, like :meth:`submit`.
@@ -123,24 +120,21 @@ class Database:
         Rows submitted in a row for the same ``writer`` are handed to the thread together as one job,
         ``writer(connection, rows)``; jobs and rows keep the order in which they were submitted.
         """
+        self._submit(_HeldRows(writer, [row]))
+
+    def _submit(self, item: _Job | _HeldRows[Any]) -> None:
         if self._thread is None:
             raise RuntimeError("database not started")
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not on the event loop (another thread): queue it at once
-            self._jobs.put(_HeldRows(writer, [row]).job())
+            self._jobs.put(_job_of(item))
             return
         last = self._held[-1] if self._held else None
-        if isinstance(last, _HeldRows) and last.writer is writer:
-            last.rows.append(row)
-            self._held_count += 1
-            if self._held_count >= MAX_BATCH:
-                self._hand_over()
+        if isinstance(item, _HeldRows) and isinstance(last, _HeldRows) and last.writer is item.writer:
+            last.rows += item.rows
         else:
-            self._hold(_HeldRows(writer, [row]), loop)
-
-    def _hold(self, item: _Job | _HeldRows[Any], loop: asyncio.AbstractEventLoop) -> None:
-        self._held.append(item)
+            self._held.append(item)
         self._held_count += 1
         if self._held_count >= MAX_BATCH:
             self._hand_over()
@@ -154,7 +148,7 @@ class Database:
             self._hand_over_timer = None
         held, self._held, self._held_count = self._held, [], 0
         for item in held:
-            self._jobs.put(item.job() if isinstance(item, _HeldRows) else item)
+            self._jobs.put(_job_of(item))
 
     async def flush(self) -> None:
         """Wait until every write queued before this call, submitted ones included, is committed."""

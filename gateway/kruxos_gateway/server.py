@@ -14,11 +14,10 @@ import json
 import logging
 import re
 import secrets
-import sys
 import time
 import urllib.parse
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -81,17 +80,6 @@ class _Connection(ServerConnection):
                 if event.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
                     self.on_text = None
         super().process_event(event)
-
-
-if sys.version_info >= (3, 12):
-
-    def _start_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        # Eager: the request runs at once, up to its first real wait, instead of one trip around the
-        # event loop later; requests that need no I/O (ping, stat, state reads) answer in one go.
-        return asyncio.Task(coro, loop=asyncio.get_running_loop(), eager_start=True)
-
-else:
-    _start_task = asyncio.create_task
 
 
 class _Outbox:
@@ -319,16 +307,11 @@ class GatewayServer:
         try:
             await self._send(connection, hello)
             self.app.session_opened(live.caller)
-            connection.on_text = functools.partial(self._on_text, live)
+            connection.on_text = functools.partial(self._receive, live)
             # From here on, recv() sees only what _Connection leaves to it (fragmented or binary
-            # messages); the loop also ends when the connection closes.
+            # messages); the loop ends when the connection closes.
             async for message in connection:
-                action = live.session.receive(message)
-                if isinstance(action, protocol.Reply):
-                    if not await self._reply(live, action):
-                        break
-                else:
-                    self._track(live, _start_task(self._answer(live, action.request)))
+                self._receive(live, message)
         except ConnectionClosed:
             pass
         finally:
@@ -341,14 +324,15 @@ class GatewayServer:
             await self.app.session_closed(live.caller)
             log.info("session %s closed (%s)", live.caller.session_id, connection.close_code)
 
-    def _on_text(self, live: _Live, message: str) -> None:
-        """A text frame straight from the connection (see _Connection); it must not raise."""
+    def _receive(self, live: _Live, message: str | bytes) -> None:
+        """One message from the client: its answer or error is sent by a task of its own. Called from
+        the connection's data_received (see _Connection) or for what recv() returns; it must not raise.
+        """
         try:
             action = live.session.receive(message)
             if isinstance(action, protocol.Reply):
                 self._track(live, asyncio.create_task(self._reply(live, action)))
             else:
-                # Not eager, even on 3.12+: this runs inside the connection's data_received.
                 self._track(live, asyncio.create_task(self._answer(live, action.request)))
         except Exception:
             log.exception("session %s: failed to handle a frame; closing", live.caller.session_id)
@@ -359,13 +343,11 @@ class GatewayServer:
         live.tasks.add(task)
         task.add_done_callback(live.tasks.discard)
 
-    async def _reply(self, live: _Live, action: protocol.Reply) -> bool:
-        """Send an error frame; close the connection if the error calls for it. False once closing."""
+    async def _reply(self, live: _Live, action: protocol.Reply) -> None:
+        """Send an error frame; close the connection if the error calls for it."""
         await self._send(live.connection, action.frame)
-        if action.close_code is None:
-            return True
-        await live.connection.close(action.close_code, action.close_reason)
-        return False
+        if action.close_code is not None:
+            await live.connection.close(action.close_code, action.close_reason)
 
     async def _answer(self, live: _Live, request: RequestFrame) -> None:
         try:

@@ -223,14 +223,24 @@ class AuditEvent(NamedTuple):
 _AUDIT_ROWS_PER_STATEMENT = 120
 
 
+def _insert_audit_rows(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
+    """Insert audit rows (the columns of AuditRecord, in order), one statement per 120 rows."""
+    for start in range(0, len(rows), _AUDIT_ROWS_PER_STATEMENT):
+        chunk = rows[start : start + _AUDIT_ROWS_PER_STATEMENT]
+        conn.execute(
+            "INSERT INTO audit (ts, key_name, session_id, invocation_id, capability, inputs_sha256, outcome,"
+            " duration_ms) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
+            [value for row in chunk for value in row],
+        )
+
+
 def append_audit_events(conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> None:
-    """Append the audit records of ``events``: timestamps and input digests made here, one INSERT
-    statement per 120 records (one trip into SQLite instead of one per record; see db.py, Rows)."""
-    for start in range(0, len(events), _AUDIT_ROWS_PER_STATEMENT):
-        chunk = events[start : start + _AUDIT_ROWS_PER_STATEMENT]
-        values: list[object] = []
-        for e in chunk:
-            values += (
+    """Append the audit records of ``events``, their timestamps and input digests made here, with one
+    INSERT statement per 120 records (one trip into SQLite instead of one per record; see db.py, Rows)."""
+    _insert_audit_rows(
+        conn,
+        [
+            (
                 iso_ms(e.when),
                 e.key_name,
                 e.session_id,
@@ -240,27 +250,26 @@ def append_audit_events(conn: sqlite3.Connection, events: Sequence[AuditEvent]) 
                 e.outcome,
                 e.duration_ms,
             )
-        conn.execute(
-            "INSERT INTO audit (ts, key_name, session_id, invocation_id, capability, inputs_sha256, outcome,"
-            " duration_ms) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
-            values,
-        )
+            for e in events
+        ],
+    )
 
 
 def append_audit(conn: sqlite3.Connection, record: AuditRecord) -> None:
-    conn.execute(
-        "INSERT INTO audit (ts, key_name, session_id, invocation_id, capability, inputs_sha256, outcome,"
-        " duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            record.ts,
-            record.key_name,
-            record.session_id,
-            record.invocation_id,
-            record.capability,
-            record.inputs_sha256,
-            record.outcome,
-            record.duration_ms,
-        ),
+    _insert_audit_rows(
+        conn,
+        [
+            (
+                record.ts,
+                record.key_name,
+                record.session_id,
+                record.invocation_id,
+                record.capability,
+                record.inputs_sha256,
+                record.outcome,
+                record.duration_ms,
+            )
+        ],
     )
 
 

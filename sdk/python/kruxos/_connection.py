@@ -178,7 +178,7 @@ class AsyncConnection:
         # reads the (rare) messages that _DispatchingConnection leaves to recv().
         self._reader = asyncio.get_running_loop().create_task(self._read(), name="kruxos-reader")
         if isinstance(websocket, _DispatchingConnection):
-            websocket.on_text = self._on_text
+            websocket.on_text = self._receive
 
     @property
     def hello(self) -> Hello:
@@ -293,9 +293,7 @@ class AsyncConnection:
     async def _read(self) -> None:
         try:
             async for message in self._websocket:
-                if logger.isEnabledFor(logging.DEBUG):
-                    logger.debug("< %s", _loggable(message))
-                self._dispatch(self._protocol.receive(message))
+                self._receive(message)
         except WebSocketException:
             pass  # the connection closed abnormally; close_code says how, below
         except Exception:
@@ -310,8 +308,9 @@ class AsyncConnection:
                 "connection to %s closed (code %s%s)", self.url, code, f": {reason}" if reason else ""
             )
 
-    def _on_text(self, message: str) -> None:
-        """A frame straight from the connection (see _DispatchingConnection); it must not raise."""
+    def _receive(self, message: str | bytes) -> None:
+        """One frame, straight from the connection (see _DispatchingConnection) or as the reader got it
+        from recv(); it must not raise."""
         try:
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("< %s", _loggable(message))
