@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import boot, description, host, mkosi, outputs, render
+from . import boot, build_workspace, description, host, mkosi, outputs, render
 from .errors import BuildError
 from .paths import DEFAULT_DESCRIPTION, Layout
 
@@ -104,7 +104,10 @@ def cmd_build(args: argparse.Namespace, layout: Layout, stage: Stages) -> int:
     log = layout.build / "mkosi.log"
     print(f"    mkosi's log: {log}; incremental cache: {layout.cache}")
     with stage("mkosi build"):
-        if not mkosi.build(layout, log=log, force=args.force, initrd=mkosi.initrd_key(layout, summary)):
+        place = build_workspace.choose()
+        print(f"    workspace: {place.describe()}")
+        initrd = mkosi.initrd_key(layout, summary)
+        if not mkosi.build(layout, log=log, force=args.force, initrd=initrd, workspace=place):
             print("    reused the initrd of the last build (its configuration is unchanged)")
         if mkosi.reused_cache(log):
             print("    reused the cached Debian installation (only the trees and scripts ran)")
@@ -134,6 +137,8 @@ def cmd_clean(args: argparse.Namespace, layout: Layout, stage: Stages) -> int:
         layout.mkosi_out,
         layout.build / "mkosi.log",
         layout.build / "mkosi-summary.txt",
+        # What an interrupted build left in memory (mkosi removes its workspace when it ends).
+        build_workspace.MEMORY_PARENT / "kruxos-build",
     ]
     if args.all:
         doomed += [layout.cache, layout.ssh_key.parent]

@@ -16,6 +16,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from .build_workspace import ENV as WORKSPACE_ENV
+from .build_workspace import MKOSI_DEFAULT, Workspace
+from .build_workspace import prepare as prepare_workspace
 from .errors import BuildError
 from .paths import Layout
 
@@ -81,10 +84,17 @@ def initrd_up_to_date(layout: Layout, key: str) -> bool:
         return False
 
 
-def build(layout: Layout, *, log: Path, force: bool = False, initrd: str | None = None) -> bool:
-    """``mkosi build``, its output to ``log``. ``initrd`` is the initrd's key (:func:`initrd_key`): when
-    the last build's initrd has that key, only the main image is built. Returns whether the initrd was
-    built."""
+def build(
+    layout: Layout,
+    *,
+    log: Path,
+    force: bool = False,
+    initrd: str | None = None,
+    workspace: Workspace = MKOSI_DEFAULT,
+) -> bool:
+    """``mkosi build`` in ``workspace``, its output to ``log``. ``initrd`` is the initrd's key
+    (:func:`initrd_key`): when the last build's initrd has that key, only the main image is built.
+    Returns whether the initrd was built."""
     if os.geteuid() != 0:
         raise BuildError(
             "building the image needs root (mkosi installs packages into the image tree)",
@@ -93,6 +103,9 @@ def build(layout: Layout, *, log: Path, force: bool = False, initrd: str | None 
     layout.cache.mkdir(parents=True, exist_ok=True)
     layout.mkosi_out.mkdir(parents=True, exist_ok=True)
     command = [_mkosi(), "-C", str(layout.root), "--force"]
+    if workspace.path is not None:
+        prepare_workspace(workspace)
+        command.append(f"--workspace-dir={workspace.path}")  # 25.x: also --workspace-directory
     if force:
         command.append("--force")  # twice: also drop the incremental cache
     build_initrd = force or initrd is None or not initrd_up_to_date(layout, initrd)
@@ -108,7 +121,12 @@ def build(layout: Layout, *, log: Path, force: bool = False, initrd: str | None 
         )
     if result.returncode != 0:
         tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:]
-        raise BuildError(f"mkosi build failed: {tail[0] if tail else 'no output'}", hint=f"full log: {log}")
+        hint = f"full log: {log}"
+        if workspace.in_memory:
+            hint += (
+                f"; if {workspace.path} ran out of space, build on disk: {WORKSPACE_ENV}=/var/tmp ./build.py"
+            )
+        raise BuildError(f"mkosi build failed: {tail[0] if tail else 'no output'}", hint=hint)
     if build_initrd and initrd is not None:
         _initrd_stamp(layout).write_text(initrd + "\n")
     return build_initrd

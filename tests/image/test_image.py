@@ -194,6 +194,15 @@ def test_the_root_file_system_grew_to_fill_the_disk(host: Host) -> None:
     assert size > (boot.DISK_SIZE * 3) // 4
 
 
+def test_the_initrd_checks_the_root_file_system_before_mounting_it_writable(host: Host) -> None:
+    # The initrd's journal is carried over into the main system's: e2fsck's verdict is in it.
+    check = r"systemd-fsck@dev-gpt\x2dauto\x2droot.service"
+    verdict = host.check_output(f"journalctl -b -o cat -u '{check}' --no-pager")
+    assert re.search(r"root-x86-64: clean, \d+/\d+ files", verdict), verdict
+    assert "rw" in host.check_output("findmnt -no OPTIONS /").split(",")
+    assert host.check_output("systemctl show -P ConditionResult systemd-fsck-root.service") == "no"
+
+
 def test_ssh_refuses_passwords(host: Host) -> None:
     effective = host.check_output("sshd -T 2>/dev/null | grep -E '^(passwordauthentication|kbdinteractive)'")
     assert sorted(effective.splitlines()) == ["kbdinteractiveauthentication no", "passwordauthentication no"]
