@@ -2,7 +2,8 @@
 
 Exit codes: 0 after a clean shutdown, 2 for a bad configuration, policy file or command line (one
 line on stderr, no traceback), 1 if the gateway cannot start (e.g. the port is taken). SIGHUP reloads
-the policy file; SIGUSR1 (from kruxosctl) makes it apply approval decisions at once.
+the policy file; SIGUSR1 (from kruxosctl) makes it apply approval decisions and close the connections
+of revoked keys at once.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from . import pidfile
 from .app import Gateway
-from .approvals import PolicyGate, initial_policy, remove_pidfile, write_pidfile
+from .approvals import PolicyGate, initial_policy
 from .capabilities import RunAs, default_registry
 from .capabilities.process import resolve_run_as
 from .config import DEFAULT_CONFIG_PATH, GatewayConfig, ListenConfig, describe_validation_error, load_config
@@ -99,11 +101,17 @@ async def run(
         policy_path = Path(config.policy.file)
         gate = PolicyGate(policy or initial_policy(policy_path), gateway.approvals, policy_path)
         gateway.policy = gate
-        loop.add_signal_handler(signal.SIGHUP, gate.reload_logged)
-        loop.add_signal_handler(signal.SIGUSR1, gateway.approvals.wake)
-        await gateway.approvals.start(config.policy.approval_poll_interval)
-        pidfile = write_pidfile(config.state_dir)
         server = GatewayServer(config, db, gateway)
+        loop.add_signal_handler(signal.SIGHUP, gate.reload_logged)
+
+        # SIGUSR1: kruxosctl changed the database (an approval decided, a key revoked): look now.
+        def database_changed() -> None:
+            gateway.approvals.wake()
+            server.check_revocations()
+
+        loop.add_signal_handler(signal.SIGUSR1, database_changed)
+        await gateway.approvals.start(config.policy.approval_poll_interval)
+        pid_path = pidfile.write(config.state_dir)
         await server.start()
         host, port = server.address
         if port_file is not None:
@@ -122,7 +130,7 @@ async def run(
         log.info("shutting down")
         await server.shutdown()
         await gateway.approvals.close()
-        remove_pidfile(pidfile)
+        pidfile.remove(pid_path)
     finally:
         await db.close()
     log.info("stopped")

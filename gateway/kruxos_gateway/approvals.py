@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import secrets
 import time
 from pathlib import Path
@@ -44,7 +43,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_POLL_INTERVAL = 2.0
 APPROVAL_RESOLVED = "approval.resolved"
-PIDFILE = "gateway.pid"
 
 
 class ApprovalParams(BaseModel):
@@ -338,19 +336,3 @@ class Approvals:
         data = approval.to_wire()
         for caller in self.gateway.sessions_of(approval.key_name):
             caller.events.push(APPROVAL_RESOLVED, data)
-
-
-def write_pidfile(state_dir: Path) -> Path:
-    """Write ``state_dir/gateway.pid`` so that kruxosctl can signal this gateway (SIGHUP, SIGUSR1)."""
-    path = state_dir / PIDFILE
-    tmp = path.with_name(f".{PIDFILE}.{os.getpid()}.tmp")
-    tmp.write_text(f"{os.getpid()}\n")
-    os.replace(tmp, path)
-    return path
-
-
-def remove_pidfile(path: Path) -> None:
-    """Remove the pidfile if it is still ours (a newer gateway may have replaced it)."""
-    with contextlib.suppress(OSError, ValueError):
-        if int(path.read_text().strip()) == os.getpid():
-            path.unlink()

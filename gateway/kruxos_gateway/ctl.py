@@ -24,6 +24,7 @@ from typing import TextIO
 from . import store
 from .config import DEFAULT_CONFIG_PATH, load_config
 from .errors import ConfigError
+from .pidfile import signal_gateway
 
 PROG = "kruxosctl"
 KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
@@ -55,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
         "--output", type=Path, help="write the key to this file (mode 0600) instead of stdout"
     )
     key_commands.add_parser("list", help="list keys (never the keys themselves)")
-    revoke = key_commands.add_parser("revoke", help="revoke a key; its next handshake is refused")
+    revoke = key_commands.add_parser(
+        "revoke", help="revoke a key: its open connections are closed, its next handshake is refused"
+    )
     revoke.add_argument("name")
 
     audit = commands.add_parser("audit", help="read the audit log")
@@ -158,7 +161,17 @@ def _keys_revoke(conn: sqlite3.Connection, name: str) -> None:
         raise CtlError(
             f"no live key named {name!r}", "kruxosctl keys list shows the keys and which are revoked"
         )
-    print(f"revoked key {name!r}; its next handshake is refused", file=sys.stderr)
+
+
+def _tell_gateway_revoked(state_dir: Path, name: str) -> None:
+    if signal_gateway(state_dir, signal.SIGUSR1):
+        closing = "its open connections are being closed"
+    else:
+        closing = (
+            "no running gateway was signalled; a running one closes the key's connections within "
+            f"{store.REVOCATION_CHECK_INTERVAL:g} s"
+        )
+    print(f"revoked key {name!r}: its next handshake is refused; {closing}", file=sys.stderr)
 
 
 def _audit_line(r: store.AuditRecord) -> str:
@@ -239,6 +252,8 @@ def run(args: argparse.Namespace) -> None:
             else:
                 with store.transaction(conn):
                     _keys_revoke(conn, args.name)
+                # Committed: now the running gateway closes the key's open connections.
+                _tell_gateway_revoked(config.state_dir, args.name)
         elif args.command == "audit":
             _audit_tail(conn, args.n, args.follow)
         else:

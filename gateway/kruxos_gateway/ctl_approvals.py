@@ -19,11 +19,12 @@ import sys
 from pathlib import Path
 
 from . import approvals_store
-from .approvals import PIDFILE, initial_policy
+from .approvals import initial_policy
 from .capabilities import default_registry
 from .config import GatewayConfig
 from .ctl import CtlError, print_table
 from .errors import GatewayError
+from .pidfile import PIDFILE, signal_gateway
 from .policy import PolicyError, shipped_default_text
 from .store import transaction
 
@@ -70,22 +71,6 @@ def operator_name(explicit: str | None) -> str:
         return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
         return f"uid:{os.getuid()}"
-
-
-def signal_gateway(state_dir: Path, signum: signal.Signals) -> bool:
-    """Send ``signum`` to the gateway whose PID is in ``state_dir/gateway.pid``; whether it was sent."""
-    try:
-        pid = int((state_dir / PIDFILE).read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return False
-    if b"kruxos" not in cmdline:  # a stale pidfile whose PID now belongs to something else
-        return False
-    try:
-        os.kill(pid, signum)
-    except OSError:
-        return False
-    return True
 
 
 # --- policy -------------------------------------------------------------------------------------

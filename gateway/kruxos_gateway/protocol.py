@@ -40,6 +40,8 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_MESSAGE_TOO_BIG = 1009
+# Application close code (4000-4999): the connection's API key was revoked (4401, after HTTP 401).
+CLOSE_KEY_REVOKED = 4401
 
 
 @dataclass(frozen=True)

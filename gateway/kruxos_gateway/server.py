@@ -113,6 +113,7 @@ class _Live:
     session: protocol.Session
     caller: Caller
     outbox: _Outbox
+    key_id: int
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
@@ -156,8 +157,12 @@ class GatewayServer:
         self.draining = False
         self._server: Server | None = None
         # Filled by the handshake, emptied by the handler; weak so an aborted handshake leaves nothing.
-        self._authenticated: weakref.WeakKeyDictionary[ServerConnection, str] = weakref.WeakKeyDictionary()
+        self._authenticated: weakref.WeakKeyDictionary[ServerConnection, store.LiveKey] = (
+            weakref.WeakKeyDictionary()
+        )
         self._live: set[_Live] = set()
+        self._check_revocations = asyncio.Event()
+        self._revocation_watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         limits = self.config.limits
@@ -178,6 +183,7 @@ class GatewayServer:
             # (bench/gateway_bench.py); a client that offers it simply gets plain frames.
             compression=None,
         )
+        self._revocation_watch = asyncio.create_task(self._watch_revocations())
 
     @property
     def address(self) -> tuple[str, int]:
@@ -255,8 +261,8 @@ class GatewayServer:
                 "fix_header",
                 "send exactly one header: Authorization: Bearer <64 lowercase hex characters>",
             )
-        key_name = await self.db.run(functools.partial(store.authenticate, key=match.group(1)))
-        if key_name is None:
+        key = await self.db.run(functools.partial(store.authenticate, key=match.group(1)))
+        if key is None:
             self.limiter.record_failure(address)
             log.info("refused handshake from %s: invalid or revoked API key", address)
             return _refusal(
@@ -266,14 +272,14 @@ class GatewayServer:
                 "check_key",
                 "ask the operator for a valid key (kruxosctl keys list shows which exist)",
             )
-        self._authenticated[connection] = key_name
+        self._authenticated[connection] = key
         return None
 
     # --- connections ----------------------------------------------------------------------------
 
     async def _handle(self, connection: ServerConnection) -> None:
         assert isinstance(connection, _Connection)
-        key_name = self._authenticated.pop(connection)
+        key_id, key_name = self._authenticated.pop(connection)
         if self.draining:
             await connection.close(protocol.CLOSE_GOING_AWAY, "draining")
             return
@@ -284,6 +290,7 @@ class GatewayServer:
             protocol.Session(max_message_bytes=limits.max_message_bytes, max_in_flight=limits.max_in_flight),
             Caller(key_name=key_name, session_id=secrets.token_hex(16), events=outbox),
             outbox,
+            key_id,
         )
         self._live.add(live)
         log.info(
@@ -370,6 +377,38 @@ class GatewayServer:
                 return
             await asyncio.sleep(max(remaining, 0.05))
 
+    # --- revoked keys ---------------------------------------------------------------------------
+
+    def check_revocations(self) -> None:
+        """Look for revoked keys now (SIGUSR1: kruxosctl changed the database)."""
+        self._check_revocations.set()
+
+    async def _watch_revocations(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._check_revocations.wait(), store.REVOCATION_CHECK_INTERVAL)
+            self._check_revocations.clear()
+            try:
+                await self.close_revoked()
+            except Exception:  # the database is failing: keep the connections, try again later
+                log.exception("checking open connections for revoked keys failed")
+
+    async def close_revoked(self) -> int:
+        """Close (4401) every connection whose key was revoked after its handshake; how many."""
+        live = list(self._live)
+        if not live:
+            return 0
+        revoked = await self.db.run(functools.partial(store.revoked_among, key_ids=[c.key_id for c in live]))
+        doomed = [c for c in live if c.key_id in revoked]
+        for conn in doomed:
+            log.warning(
+                "closing session %s: API key %s was revoked", conn.caller.session_id, conn.caller.key_name
+            )
+        await asyncio.gather(
+            *(c.connection.close(protocol.CLOSE_KEY_REVOKED, "API key revoked") for c in doomed)
+        )
+        return len(doomed)
+
     # --- shutdown -------------------------------------------------------------------------------
 
     async def shutdown(self) -> None:
@@ -377,6 +416,10 @@ class GatewayServer:
         if self.draining or self._server is None:
             return
         self.draining = True
+        if self._revocation_watch is not None:
+            self._revocation_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._revocation_watch
         live = list(self._live)
         log.info("draining: %d connection(s), up to %s s", len(live), self.config.limits.drain_timeout)
         for conn in live:

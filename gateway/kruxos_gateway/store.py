@@ -12,7 +12,7 @@ import hmac
 import json
 import secrets
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -168,8 +168,15 @@ def revoke_key(conn: sqlite3.Connection, name: str) -> bool:
     return cursor.rowcount > 0
 
 
-def authenticate(conn: sqlite3.Connection, key: str) -> str | None:
-    """The name of the live key ``key``, recording its use; ``None`` if unknown or revoked."""
+class LiveKey(NamedTuple):
+    """The key a connection authenticated with: its row (names can be reused once revoked) and name."""
+
+    id: int
+    name: str
+
+
+def authenticate(conn: sqlite3.Connection, key: str) -> LiveKey | None:
+    """The live key ``key``, recording its use; ``None`` if unknown or revoked."""
     digest = hash_key(key)
     row = conn.execute(
         "SELECT id, name, key_hash, revoked_at FROM keys WHERE key_hash = ?", (digest,)
@@ -177,7 +184,26 @@ def authenticate(conn: sqlite3.Connection, key: str) -> str | None:
     if row is None or row["revoked_at"] is not None or not hmac.compare_digest(row["key_hash"], digest):
         return None
     conn.execute("UPDATE keys SET last_used_at = ? WHERE id = ?", (now(), row["id"]))
-    return str(row["name"])
+    return LiveKey(int(row["id"]), str(row["name"]))
+
+
+# How often the gateway checks its open connections' keys even without a SIGUSR1 from `kruxosctl keys
+# revoke` (one indexed query): a revoked key's connections are closed within this many seconds.
+REVOCATION_CHECK_INTERVAL = 5.0
+# SQLite's default limit on a statement's parameters is 32766 (999 before 3.32); stay well below.
+_IDS_PER_QUERY = 500
+
+
+def revoked_among(conn: sqlite3.Connection, key_ids: Iterable[int]) -> set[int]:
+    """Which of the keys ``key_ids`` (those of open connections) have been revoked."""
+    ids = sorted(set(key_ids))
+    revoked: set[int] = set()
+    for start in range(0, len(ids), _IDS_PER_QUERY):
+        chunk = ids[start : start + _IDS_PER_QUERY]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(f"SELECT id FROM keys WHERE revoked_at IS NOT NULL AND id IN ({marks})", chunk)
+        revoked.update(int(r["id"]) for r in rows)
+    return revoked
 
 
 # --- audit --------------------------------------------------------------------------------------

@@ -216,6 +216,7 @@ def test_websockets_exceptions_become_kruxos_errors(
         pytest.param(1000, "is closed", id="normal"),
         pytest.param(1001, "going away", id="going-away"),
         pytest.param(1009, "abnormally", id="message-too-big"),
+        pytest.param(4401, "its API key was revoked", id="key-revoked"),
         pytest.param(None, "is closed", id="no-close-frame"),
     ],
 )

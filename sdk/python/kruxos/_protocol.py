@@ -44,6 +44,8 @@ __all__ = [
 ]
 
 PROTOCOL = "kruxos.v1"
+# The gateway closes a connection whose API key an operator revoked with this code (docs/protocol.md).
+CLOSE_KEY_REVOKED = 4401
 
 logger = logging.getLogger("kruxos")
 
@@ -315,6 +317,10 @@ def closed_error(code: int | None, reason: str) -> ConnectionClosed:
     """The exception for requests cut off when the connection closed with ``code`` and ``reason``."""
     if code == 1001:
         return ConnectionClosed("the gateway closed the connection (going away)", code=code, reason=reason)
+    if code == CLOSE_KEY_REVOKED:
+        return ConnectionClosed(
+            "the gateway closed the connection: its API key was revoked", code=code, reason=reason
+        )
     if code in (1000, None):
         return ConnectionClosed("the connection is closed", code=code, reason=reason)
     return ConnectionClosed("the connection was closed abnormally", code=code, reason=reason)
