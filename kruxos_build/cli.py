@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="build.py",
         parents=[common],
         description="Build the KruxOS appliance disk image (see docs/image.md).",
+        epilog=(
+            "environment: KRUXOS_BUILD_CACHE=DIR moves mkosi's cache (default /var/cache/kruxos-build); "
+            "KRUXOS_BUILD_WORKSPACE=DIR is where mkosi works (default: /dev/shm when the machine has "
+            "3 GiB to spare, else /var/tmp)"
+        ),
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     build = commands.add_parser("build", parents=[common], help="build the image (the default)")
@@ -65,7 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     boot_cmd.add_argument("--image", type=Path, help="raw image (default: the one build/out holds)")
     clean = commands.add_parser(
-        "clean", parents=[common], help="remove build/ outputs (keeps the cache and the dev SSH key)"
+        "clean",
+        parents=[common],
+        help="remove build/ outputs and an interrupted build's leftovers (keeps the cache, the SSH key)",
     )
     clean.add_argument("--all", action="store_true", help="also remove the incremental cache and build/ssh")
     return parser
