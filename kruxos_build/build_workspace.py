@@ -24,6 +24,7 @@ from .errors import BuildError
 
 ENV = "KRUXOS_BUILD_WORKSPACE"
 MEMORY_PARENT = Path("/dev/shm")
+MEMORY_WORKSPACE = MEMORY_PARENT / "kruxos-build"
 GIB = 1 << 30
 # A clean build's workspace peaked at 1.0 GB (image tree plus disk image); the margin covers extra
 # packages from the appliance description and the programs running beside the build.
@@ -111,7 +112,7 @@ def choose(
         return Workspace(
             None, f"{room / GIB:.1f} GiB of memory free, a build in memory wants {NEEDED // GIB} GiB"
         )
-    return Workspace(memory_parent / "kruxos-build", f"in memory ({room / GIB:.0f} GiB free)")
+    return Workspace(memory_parent / MEMORY_WORKSPACE.name, f"in memory ({room / GIB:.0f} GiB free)")
 
 
 def prepare(workspace: Workspace) -> None:

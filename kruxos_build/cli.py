@@ -145,7 +145,7 @@ def cmd_clean(args: argparse.Namespace, layout: Layout, stage: Stages) -> int:
         layout.build / "mkosi.log",
         layout.build / "mkosi-summary.txt",
         # What an interrupted build left in memory (mkosi removes its workspace when it ends).
-        build_workspace.MEMORY_PARENT / "kruxos-build",
+        build_workspace.MEMORY_WORKSPACE,
     ]
     if args.all:
         doomed += [layout.cache, layout.ssh_key.parent]
