@@ -117,5 +117,12 @@ def choose(
 
 def prepare(workspace: Workspace) -> None:
     """Create the workspace directory: root's alone, like ``/var/tmp``'s build directories."""
-    if workspace.path is not None:
+    if workspace.path is None:
+        return
+    try:
         workspace.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BuildError(
+            f"cannot use {workspace.path} as mkosi's workspace: {exc.strerror}",
+            hint=f"name a writable directory in {ENV}, or unset it",
+        ) from None

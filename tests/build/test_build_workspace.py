@@ -101,3 +101,12 @@ def test_the_real_host_gets_an_answer() -> None:
     """Whatever this machine is, the choice reads its facts without failing."""
     chosen = build_workspace.choose({})
     assert chosen.reason
+
+
+def test_a_workspace_that_cannot_be_made_is_one_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(BuildError) as caught:
+        build_workspace.prepare(Workspace(blocker / "workspace", "set by KRUXOS_BUILD_WORKSPACE"))
+    assert caught.value.message == f"cannot use {blocker / 'workspace'} as mkosi's workspace: Not a directory"
+    assert caught.value.hint == "name a writable directory in KRUXOS_BUILD_WORKSPACE, or unset it"
