@@ -90,7 +90,6 @@ def free_space(path: Path) -> int:
 def choose(
     environ: Mapping[str, str] = os.environ,
     *,
-    memory_parent: Path = MEMORY_PARENT,
     list_mounts: Callable[[], list[Mount]] = mounts,
     available: Callable[[], int] = memory_available,
     free: Callable[[Path], int] = free_space,
@@ -101,18 +100,18 @@ def choose(
         if not path.is_absolute():
             raise BuildError(f"{ENV}={chosen} is not an absolute path", hint=f"for example {ENV}=/var/tmp")
         return Workspace(path, f"set by {ENV}")
-    mount = next((m for m in list_mounts() if m.point == memory_parent), None)
+    mount = next((m for m in list_mounts() if m.point == MEMORY_PARENT), None)
     if mount is None or mount.fstype not in MEMORY_FILE_SYSTEMS:
-        return Workspace(None, f"{memory_parent} is not a memory file system")
+        return Workspace(None, f"{MEMORY_PARENT} is not a memory file system")
     if "noexec" in mount.options:
         # The image's own programs run from the workspace (mkosi-chroot scripts, depmod, systemd-hwdb).
-        return Workspace(None, f"{memory_parent} is mounted noexec")
-    room = min(free(memory_parent), available())
+        return Workspace(None, f"{MEMORY_PARENT} is mounted noexec")
+    room = min(free(MEMORY_PARENT), available())
     if room < NEEDED:
         return Workspace(
             None, f"{room / GIB:.1f} GiB of memory free, a build in memory wants {NEEDED // GIB} GiB"
         )
-    return Workspace(memory_parent / MEMORY_WORKSPACE.name, f"in memory ({room / GIB:.0f} GiB free)")
+    return Workspace(MEMORY_WORKSPACE, f"in memory ({room / GIB:.0f} GiB free)")
 
 
 def prepare(workspace: Workspace) -> None:
