@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kruxos_gateway.capabilities import _fs_ops
 from kruxos_gateway.errors import GatewayError, InvalidInput, PathOutsideWorkspace
-from kruxos_gateway.workspace import Workspace, WorkspacePath
+from kruxos_gateway.workspace import Location, Workspace
 
 SECRET = "secret outside the workspace"
 
@@ -179,11 +179,13 @@ def test_a_symlink_swapped_in_after_resolution_is_not_followed(tree: Workspace, 
     link = Path(tree.root) / "swapped"
     os.symlink(tmp_path / "target", link)
     try:
-        # As if the path had been resolved before the swap: the link's own path is opened.
-        resolved = WorkspacePath(agent="/workspace/swapped", real=str(link))
+        # As if the path had been walked before the swap: the final name is opened in its parent.
+        root_fd = os.open(tree.root, os.O_PATH | os.O_DIRECTORY)
+        located = Location(agent="/workspace/swapped", parent_fd=root_fd, name="swapped", real=str(link))
         with pytest.raises(OSError, match="Too many levels of symbolic links"):
-            _fs_ops._open_checked(tree, resolved, os.O_RDONLY)
+            _fs_ops._open_at(located, os.O_RDONLY)
     finally:
+        os.close(root_fd)
         link.unlink()
 
 

@@ -1,7 +1,9 @@
 """Blocking filesystem operations behind the ``filesystem.*`` capabilities (run in worker threads).
 
-Every path is confined by ``Workspace.resolve``; files are opened with ``O_NOFOLLOW`` and the
-opened descriptor is re-checked, so a symlink swapped in after the check is refused.
+Every path is walked beneath the workspace by ``Workspace.locate``, which holds the descriptor of
+the final component's parent; every operation is done relative to that descriptor and never follows
+the final name (``O_NOFOLLOW``, ``follow_symlinks=False``, ``O_CREAT|O_EXCL`` temporary files), so
+a symlink swapped in at any step after the walk cannot lead it out of the workspace.
 """
 
 from __future__ import annotations
@@ -9,21 +11,28 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import ctypes
 import errno
 import os
+import secrets
 import shutil
 import stat
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from .. import store
 from ..errors import CapabilityFailed, InvalidInput, PathOutsideWorkspace
-from ..workspace import Workspace, WorkspacePath
+from ..workspace import (
+    VIRTUAL_ROOT,
+    Location,
+    Workspace,
+    dir_mode_beneath,
+    file_mode_beneath,
+    wire_name,
+)
 
 MAX_LIST_ENTRIES = 10_000
-NEW_FILE_MODE = 0o644
 
 
 @contextlib.contextmanager
@@ -106,29 +115,24 @@ def file_type(mode: int) -> str:
     return "other"
 
 
-def _open_checked(ws: Workspace, wp: WorkspacePath, flags: int) -> int:
-    fd = os.open(wp.real, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        ws.verify_fd(fd, wp.agent)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+def _open_at(loc: Location, flags: int) -> int:
+    """Open the final component relative to its parent's descriptor, never through a symlink."""
+    return os.open(loc.name or ".", flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=loc.parent_fd)
 
 
 def read(ws: Workspace, path: str, encoding: str, max_bytes: int) -> dict[str, Any]:
-    wp = ws.resolve(path)
-    with os_errors(wp.agent):
+    agent = ws.agent_path(path)
+    with os_errors(agent), ws.locate(agent) as loc:
         # O_NONBLOCK: opening a FIFO must not hang the worker thread.
-        fd = _open_checked(ws, wp, os.O_RDONLY | os.O_NONBLOCK)
+        fd = _open_at(loc, os.O_RDONLY | os.O_NONBLOCK)
         try:
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
                 raise IsADirectoryError
             if not stat.S_ISREG(st.st_mode):
-                raise CapabilityFailed("execution_failed", f"{wp.agent} is not a regular file")
+                raise CapabilityFailed("execution_failed", f"{agent} is not a regular file")
             if st.st_size > max_bytes:
-                raise too_large(wp.agent, st.st_size, max_bytes, "read")
+                raise too_large(agent, st.st_size, max_bytes, "read")
             chunks = []
             remaining = max_bytes + 1
             while remaining > 0 and (chunk := os.read(fd, min(remaining, 1 << 20))):
@@ -138,7 +142,7 @@ def read(ws: Workspace, path: str, encoding: str, max_bytes: int) -> dict[str, A
         finally:
             os.close(fd)
     if len(data) > max_bytes:  # grew since fstat
-        raise too_large(wp.agent, len(data), max_bytes, "read")
+        raise too_large(agent, len(data), max_bytes, "read")
     if encoding == "base64":
         content = base64.b64encode(data).decode("ascii")
     else:
@@ -147,11 +151,11 @@ def read(ws: Workspace, path: str, encoding: str, max_bytes: int) -> dict[str, A
         except UnicodeDecodeError:
             raise CapabilityFailed(
                 "execution_failed",
-                f"{wp.agent} is not valid UTF-8 text",
+                f"{agent} is not valid UTF-8 text",
                 recovery=[("use_base64", 'read it again with encoding="base64"')],
-                details={"path": wp.agent},
+                details={"path": agent},
             ) from None
-    return {"path": wp.agent, "content": content, "encoding": encoding, "size": len(data)}
+    return {"path": agent, "content": content, "encoding": encoding, "size": len(data)}
 
 
 def decode_content(content: str, encoding: str) -> bytes:
@@ -165,10 +169,36 @@ def decode_content(content: str, encoding: str) -> bytes:
     return content.encode("utf-8", errors="surrogatepass")
 
 
-def _check_dir(ws: Workspace, real_dir: str, agent: str) -> None:
-    """After creating directories: the real directory must still resolve to itself, inside the root."""
-    if os.path.realpath(real_dir) != real_dir or not ws.contains(real_dir):
-        raise PathOutsideWorkspace(agent)
+def _fsync_dir(dir_fd: int) -> None:
+    """fsync a directory held as an ``O_PATH`` descriptor (which cannot be synced itself)."""
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _lstat_at(loc: Location) -> os.stat_result | None:
+    try:
+        return os.stat(loc.name, dir_fd=loc.parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _temporary_file(parent_fd: int) -> tuple[int, str]:
+    """A new, empty, private file beside the target: ``O_CREAT|O_EXCL`` never opens an existing name."""
+    while True:
+        name = f".kruxos-{secrets.token_hex(8)}.tmp"
+        try:
+            fd = os.open(
+                name,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=parent_fd,
+            )
+        except FileExistsError:
+            continue
+        return fd, name
 
 
 def write(
@@ -180,28 +210,30 @@ def write(
     overwrite: bool,
     max_bytes: int,
 ) -> dict[str, Any]:
-    wp = ws.resolve(path)
+    agent = ws.agent_path(path)
     if len(data) > max_bytes:
-        raise too_large(wp.agent, len(data), max_bytes, "write")
-    if wp.is_root:
-        raise CapabilityFailed("is_a_directory", "/workspace is a directory", details={"path": wp.agent})
-    parent = os.path.dirname(wp.real)
-    with os_errors(wp.agent):
-        if create_parents:
-            os.makedirs(parent, exist_ok=True)
-        _check_dir(ws, parent, wp.agent)
-        try:
-            existing: os.stat_result | None = os.lstat(wp.real)
-        except FileNotFoundError:
-            existing = None
+        raise too_large(agent, len(data), max_bytes, "write")
+    if agent == VIRTUAL_ROOT:
+        raise CapabilityFailed("is_a_directory", "/workspace is a directory", details={"path": agent})
+    with os_errors(agent), ws.locate(agent, create_parents=create_parents) as loc:
+        if loc.is_root:  # a symlink to the root
+            raise IsADirectoryError
+        existing = _lstat_at(loc)
         if existing is not None:
             if stat.S_ISDIR(existing.st_mode):
                 raise IsADirectoryError
             if not overwrite:
                 raise FileExistsError
-        mode = stat.S_IMODE(existing.st_mode) if existing is not None else NEW_FILE_MODE
-        # Atomic: write a temp file in the same directory, fsync, then rename over the target.
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=".kruxos-", suffix=".tmp")
+        # A replaced file keeps its permission bits, never its setuid, setgid or sticky bits: a copy of
+        # a program the agent planted must not become a setuid program of the gateway's user. A new
+        # file follows its directory (group-writable in the shared workspace), whatever our umask.
+        if existing is not None and stat.S_ISREG(existing.st_mode):
+            mode = stat.S_IMODE(existing.st_mode) & 0o777
+        else:
+            mode = file_mode_beneath(loc.parent_fd)
+        # Atomic: write a temporary file in the same directory, fsync, then rename over the target,
+        # both names relative to the parent's descriptor.
+        fd, tmp = _temporary_file(loc.parent_fd)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -209,23 +241,23 @@ def write(
                 os.fchmod(f.fileno(), mode)
                 os.fsync(f.fileno())
             if overwrite:
-                os.replace(tmp, wp.real)
+                os.replace(tmp, loc.name, src_dir_fd=loc.parent_fd, dst_dir_fd=loc.parent_fd)
             else:
-                os.link(tmp, wp.real)  # fails if the target appeared meanwhile: never clobbers
-                os.unlink(tmp)
+                # link() fails if the target appeared meanwhile: never clobbers.
+                os.link(
+                    tmp, loc.name, src_dir_fd=loc.parent_fd, dst_dir_fd=loc.parent_fd, follow_symlinks=False
+                )
+                os.unlink(tmp, dir_fd=loc.parent_fd)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=loc.parent_fd)
             raise
-        dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return {"path": wp.agent, "size": len(data)}
+        _fsync_dir(loc.parent_fd)
+    return {"path": agent, "size": len(data)}
 
 
-def _entry(agent_dir: str, name: str, st: os.stat_result) -> dict[str, Any]:
+def _entry(agent_dir: str, disk: str, st: os.stat_result) -> dict[str, Any]:
+    name = wire_name(disk)
     agent = f"{agent_dir.rstrip('/')}/{name}"
     return {
         "name": name,
@@ -237,9 +269,9 @@ def _entry(agent_dir: str, name: str, st: os.stat_result) -> dict[str, Any]:
 
 
 def list_dir(ws: Workspace, path: str) -> dict[str, Any]:
-    wp = ws.resolve(path)
-    with os_errors(wp.agent):
-        fd = _open_checked(ws, wp, os.O_RDONLY | os.O_DIRECTORY)
+    agent = ws.agent_path(path)
+    with os_errors(agent), ws.locate(agent) as loc:
+        fd = _open_at(loc, os.O_RDONLY | os.O_DIRECTORY)
         try:
             entries: list[dict[str, Any]] = []
             truncated = False
@@ -252,89 +284,142 @@ def list_dir(ws: Workspace, path: str) -> dict[str, Any]:
                         st = entry.stat(follow_symlinks=False)
                     except FileNotFoundError:  # removed while listing
                         continue
-                    entries.append(_entry(wp.agent, entry.name, st))
+                    entries.append(_entry(agent, entry.name, st))
         finally:
             os.close(fd)
     entries.sort(key=lambda e: e["name"])
-    return {"path": wp.agent, "entries": entries, "truncated": truncated}
+    return {"path": agent, "entries": entries, "truncated": truncated}
 
 
 def stat_path(ws: Workspace, path: str) -> dict[str, Any]:
-    wp = ws.resolve(path, follow_final=False)
-    with os_errors(wp.agent):
-        st = os.lstat(wp.real)
-        result: dict[str, Any] = {
-            "path": wp.agent,
-            "name": os.path.basename(wp.agent) or "workspace",
-            "type": file_type(st.st_mode),
-            "size": st.st_size,
-            "modified": iso_time(st.st_mtime),
-            "mode": f"{stat.S_IMODE(st.st_mode):04o}",
-            "symlink_target": None,
-        }
-        if stat.S_ISLNK(st.st_mode):
-            result["symlink_target"] = os.readlink(wp.real)
-    return result
+    agent = ws.agent_path(path)
+    with os_errors(agent), ws.locate(agent, follow_final=False) as loc:
+        target = None
+        if loc.is_root:
+            st = os.stat(loc.parent_fd)
+        else:
+            st = os.stat(loc.name, dir_fd=loc.parent_fd, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                target = wire_name(os.readlink(loc.name, dir_fd=loc.parent_fd))
+    return {
+        "path": agent,
+        "name": os.path.basename(agent) or "workspace",
+        "type": file_type(st.st_mode),
+        "size": st.st_size,
+        "modified": iso_time(st.st_mtime),
+        "mode": f"{stat.S_IMODE(st.st_mode):04o}",
+        "symlink_target": target,
+    }
+
+
+def _refuse_root(agent: str, what: str) -> CapabilityFailed:
+    return CapabilityFailed(
+        "permission_denied",
+        f"the workspace root itself cannot be {what}",
+        recovery=[("act_on_contents", "act on the entries inside /workspace one by one")],
+        details={"path": agent},
+    )
+
+
+def remove_at(parent_fd: int, name: str, *, recursive: bool = True) -> os.stat_result:
+    """Remove ``name`` in ``parent_fd`` without following any symlink (``rmtree`` walks by descriptor)."""
+    st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    if stat.S_ISDIR(st.st_mode):
+        if recursive:
+            shutil.rmtree(name, dir_fd=parent_fd)
+        else:
+            os.rmdir(name, dir_fd=parent_fd)
+    else:
+        os.unlink(name, dir_fd=parent_fd)
+    return st
 
 
 def delete(ws: Workspace, path: str, recursive: bool) -> dict[str, Any]:
-    wp = ws.resolve(path, follow_final=False)
-    if wp.is_root:
+    agent = ws.agent_path(path)
+    if agent == VIRTUAL_ROOT:
         raise CapabilityFailed(
             "permission_denied",
             "the workspace root itself cannot be deleted",
             recovery=[("delete_contents", "delete the entries inside /workspace one by one")],
-            details={"path": wp.agent},
+            details={"path": agent},
         )
-    with os_errors(wp.agent):
-        st = os.lstat(wp.real)
-        if stat.S_ISDIR(st.st_mode):
-            if recursive:
-                shutil.rmtree(wp.real)  # never follows symlinks (fd-based on Linux)
-            else:
-                os.rmdir(wp.real)
-        else:
-            os.unlink(wp.real)
-    return {"path": wp.agent, "deleted": True, "type": file_type(st.st_mode)}
+    with os_errors(agent), ws.locate(agent, follow_final=False) as loc:
+        st = remove_at(loc.parent_fd, loc.name, recursive=recursive)
+    return {"path": agent, "deleted": True, "type": file_type(st.st_mode)}
 
 
 def mkdir(ws: Workspace, path: str, parents: bool) -> dict[str, Any]:
-    wp = ws.resolve(path)
-    with os_errors(wp.agent):
-        if parents:
-            created = not os.path.isdir(wp.real)
-            os.makedirs(wp.real, exist_ok=True)
-        else:
-            os.mkdir(wp.real)
-            created = True
-        _check_dir(ws, wp.real, wp.agent)
-    return {"path": wp.agent, "created": created}
+    agent = ws.agent_path(path)
+    with os_errors(agent), ws.locate(agent, create_parents=parents) as loc:
+        if loc.is_root:
+            return {"path": agent, "created": False}
+        try:
+            os.mkdir(loc.name, dir_mode_beneath(loc.parent_fd), dir_fd=loc.parent_fd)
+        except FileExistsError:
+            existing = os.stat(loc.name, dir_fd=loc.parent_fd, follow_symlinks=False)
+            if not parents or not stat.S_ISDIR(existing.st_mode):
+                raise
+            return {"path": agent, "created": False}
+    return {"path": agent, "created": True}
 
 
 def move(ws: Workspace, src: str, dst: str, *, overwrite: bool, create_parents: bool) -> dict[str, Any]:
-    s = ws.resolve(src, follow_final=False, input_name="src")
-    d = ws.resolve(dst, follow_final=False, input_name="dst")
-    for wp in (s, d):
-        if wp.is_root:
-            raise CapabilityFailed(
-                "permission_denied", "the workspace root itself cannot be moved", details={"path": wp.agent}
+    s_agent = ws.agent_path(src, "src")
+    d_agent = ws.agent_path(dst, "dst")
+    for agent in (s_agent, d_agent):
+        if agent == VIRTUAL_ROOT:
+            raise _refuse_root(agent, "moved")
+    with contextlib.ExitStack() as stack:
+        with os_errors(s_agent):
+            s = stack.enter_context(ws.locate(s_agent, follow_final=False, input_name="src"))
+            os.stat(s.name, dir_fd=s.parent_fd, follow_symlinks=False)
+        with os_errors(d_agent):
+            d = stack.enter_context(
+                ws.locate(d_agent, follow_final=False, create_parents=create_parents, input_name="dst")
             )
-    with os_errors(s.agent):
-        os.lstat(s.real)
-    with os_errors(d.agent):
-        parent = os.path.dirname(d.real)
-        if create_parents:
-            os.makedirs(parent, exist_ok=True)
-        _check_dir(ws, parent, d.agent)
-        if os.path.lexists(d.real):
-            if not overwrite:
-                raise FileExistsError
-            if os.path.isdir(d.real) and not os.path.islink(d.real):
-                raise IsADirectoryError
-        try:
-            os.rename(s.real, d.real)
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
+            existing = _lstat_at(d)
+            if existing is not None:
+                if not overwrite:
+                    raise FileExistsError
+                if stat.S_ISDIR(existing.st_mode):
+                    raise IsADirectoryError
+            try:
+                if overwrite:
+                    os.rename(s.name, d.name, src_dir_fd=s.parent_fd, dst_dir_fd=d.parent_fd)
+                else:
+                    # renameat2(RENAME_NOREPLACE) has no binding: link() never clobbers; a directory
+                    # (which cannot be linked) is renamed after the check above.
+                    _rename_no_replace(s, d)
+            except OSError as exc:
+                if exc.errno == errno.EXDEV:
+                    raise CapabilityFailed(
+                        "execution_failed",
+                        f"{s_agent} and {d_agent} are on different file systems",
+                        recovery=[("copy_instead", "read the file and write it at the new path instead")],
+                        details={"src": s_agent, "dst": d_agent},
+                    ) from None
                 raise
-            shutil.move(s.real, d.real)
-    return {"src": s.agent, "dst": d.agent}
+    return {"src": s_agent, "dst": d_agent}
+
+
+_RENAME_NOREPLACE = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+_renameat2 = getattr(_libc, "renameat2", None)
+
+
+def _rename_no_replace(s: Location, d: Location) -> None:
+    """``renameat2(RENAME_NOREPLACE)``: fails with ``FileExistsError`` instead of replacing the target.
+
+    Python has no binding for it. Where the C library or the file system lacks it, the target was
+    checked just before: a name appearing in between is replaced, but only ever inside the workspace.
+    """
+    if _renameat2 is not None:
+        result = _renameat2(
+            s.parent_fd, os.fsencode(s.name), d.parent_fd, os.fsencode(d.name), _RENAME_NOREPLACE
+        )
+        if result == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(code, os.strerror(code), d.name)
+    os.rename(s.name, d.name, src_dir_fd=s.parent_fd, dst_dir_fd=d.parent_fd)
