@@ -23,7 +23,7 @@ from kruxos_gateway.errors import GatewayError
 from kruxos_gateway.state import snapshots
 from kruxos_gateway.workspace import Workspace
 
-from .support import make_config, running_gateway
+from .support import eventually, make_config, running_gateway
 
 RACE_SECONDS = 1.5
 
@@ -285,3 +285,34 @@ async def test_a_directory_with_a_name_that_is_not_utf8_answers_every_agent(tmp_
         assert [e["name"] for e in listed["entries"]] == ["\\xff\\xfe"]
         stat_of = await client.data("filesystem.stat", path=listed["entries"][0]["path"])
         assert stat_of["size"] == 1
+
+
+@pytest.mark.asyncio
+async def test_overlapping_transactions_of_a_closed_connection_roll_back_newest_step_first(
+    tmp_path: Path,
+) -> None:
+    # Ten transactions each move one file one step further, then the agent disconnects: undoing them
+    # one transaction at a time, oldest first, put back a copy at every step (ten copies).
+    config = make_config(tmp_path)
+    async with running_gateway(config) as gw:
+        (gw.workspace / "f0.txt").write_text("the only copy")
+        async with gw.client() as client:
+            txs = []
+            for _ in range(10):
+                begun = await client.request("transaction.begin", {})
+                txs.append(begun["result"]["transaction_id"])
+            for n, tx in enumerate(txs):
+                answer = await client.request(
+                    "transaction.invoke",
+                    {
+                        "transaction_id": tx,
+                        "name": "filesystem.move",
+                        "inputs": {"src": f"f{n}.txt", "dst": f"f{n + 1}.txt"},
+                    },
+                )
+                assert answer["result"]["success"] is True, answer
+        await eventually(
+            lambda: (gw.workspace / "f0.txt").exists() and not (gw.workspace / "f10.txt").exists()
+        )
+        assert sorted(p.name for p in gw.workspace.iterdir()) == ["f0.txt"]
+        assert (gw.workspace / "f0.txt").read_text() == "the only copy"

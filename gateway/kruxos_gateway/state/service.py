@@ -112,9 +112,14 @@ class StateService:
 
     async def session_closed(self, caller: Caller) -> None:
         self.hub.drop_session(caller.session_id)
-        for tx in self.transactions.of_session(caller.session_id):
-            log.info("session %s ended inside transaction %s: rolling back", caller.session_id, tx.id)
-            await self.transactions.rollback(tx)
+        open_txs = self.transactions.of_session(caller.session_id)
+        if open_txs:
+            log.info(
+                "session %s ended inside transaction(s) %s: rolling back",
+                caller.session_id,
+                ", ".join(tx.id for tx in open_txs),
+            )
+            await self.transactions.rollback_session(caller.session_id)
         self.sessions.drop(caller.session_id)
         await self.db.run(
             functools.partial(queries.record_session_end, session_id=caller.session_id, owner=caller.key_name)
@@ -206,14 +211,16 @@ class StateService:
                 )
                 tx.steps += 1
                 prepared = await prepare(step, inputs) if prepare is not None else Prepared()
-                tx.undo.extend(prepared.undo)  # registered before running: a partial effect is undone too
+                self.transactions.record(
+                    tx, prepared.undo
+                )  # registered before running: a partial effect is undone too
                 result = await self.gateway.invoke(caller, InvokeParams(name=p.name, inputs=p.inputs))
             except GatewayError:
                 await self.transactions.rollback(tx)
                 raise
             if result["success"]:
                 if prepared.finish is not None:
-                    tx.undo.extend(prepared.finish(result["data"]))
+                    self.transactions.record(tx, prepared.finish(result["data"]))
                 problems: list[str] = []
             else:
                 problems = await self.transactions.rollback(tx)

@@ -15,6 +15,7 @@ for a capability that can declare how it is undone.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import shutil
@@ -133,7 +134,8 @@ class Transaction:
     id: str
     session_id: str
     scratch: Path
-    undo: list[Undo] = field(default_factory=list)
+    #: Undo steps with the order in which they were recorded, across every transaction of the gateway.
+    undo: list[tuple[int, Undo]] = field(default_factory=list)
     budget: snapshots.Budget = field(default_factory=lambda: snapshots.Budget(0))
     steps: int = 0
     status: str = "open"  # open, committed, rolled_back
@@ -149,6 +151,7 @@ class Transactions:
         self.root = root
         self.max_snapshot_bytes = max_snapshot_bytes
         self._open: dict[str, Transaction] = {}
+        self._recorded = itertools.count()
         # Snapshots left by a gateway that stopped mid-transaction cannot be applied any more.
         shutil.rmtree(root, ignore_errors=True)
 
@@ -186,20 +189,42 @@ class Transactions:
         tx.status = "committed"
         self._forget(tx)
 
+    def record(self, tx: Transaction, undo: list[Undo]) -> None:
+        """Add undo steps to ``tx``, numbered so that rollbacks run them newest first."""
+        tx.undo.extend((next(self._recorded), step) for step in undo)
+
     async def rollback(self, tx: Transaction) -> list[str]:
         """Apply every undo, newest first; return what could not be restored."""
+        return await self._roll_back([tx])
+
+    async def rollback_session(self, session_id: str) -> list[str]:
+        """Roll back every open transaction of a connection that ended.
+
+        Their steps may interleave (two transactions moving one file in turn), so the undo steps of
+        all of them run in one sequence, newest first, as if it had been one transaction.
+        """
+        return await self._roll_back(self.of_session(session_id))
+
+    async def _roll_back(self, txs: list[Transaction]) -> list[str]:
+        steps = sorted((step for tx in txs for step in tx.undo), key=lambda step: step[0], reverse=True)
         notes: list[str] = []
-        for undo in reversed(tx.undo):
+        for _, undo in steps:
             try:
                 notes.extend(await undo())
             except Exception as exc:
-                log.exception("an undo step of transaction %s failed", tx.id)
+                log.exception("an undo step of transaction(s) %s failed", ", ".join(tx.id for tx in txs))
                 notes.append(f"an undo step failed: {exc}")
-        tx.undo.clear()
-        tx.status = "rolled_back"
-        self._forget(tx)
+        for tx in txs:
+            tx.undo.clear()
+            tx.status = "rolled_back"
+            self._forget(tx)
         if notes:
-            log.warning("transaction %s rolled back with %d problem(s): %s", tx.id, len(notes), notes)
+            log.warning(
+                "transaction(s) %s rolled back with %d problem(s): %s",
+                ", ".join(tx.id for tx in txs),
+                len(notes),
+                notes,
+            )
         return notes
 
     def _forget(self, tx: Transaction) -> None:
