@@ -103,7 +103,9 @@ def _environment(ctx: Context, extra: dict[str, Any]) -> dict[str, str]:
                 f"env[{name!r}] must be a string",
                 'pass env as an object of strings, e.g. {"DEBUG": "1"}',
             )
-    env = {"PATH": os.environ.get("PATH", DEFAULT_PATH), "LANG": "C.UTF-8", "HOME": ctx.workspace.root}
+    # A clean environment: nothing of the gateway's own (its PATH names its virtual environment on a
+    # host, its other variables say how it runs) reaches a command; the agent adds what it needs.
+    env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8", "HOME": ctx.workspace.root}
     env.update(extra)
     return env
 
