@@ -272,3 +272,45 @@ def test_release_lets_in_only_the_operator_keys(release_tree: Path) -> None:
 def test_the_image_ships_no_ssh_host_keys(release_tree: Path) -> None:
     assert sorted(p.name for p in (release_tree / "etc/ssh").glob("ssh_host_*")) == []
     assert (release_tree / "etc/ssh/sshd_config").exists()  # the extraction did find /etc/ssh
+
+
+def test_an_agent_swapping_a_workspace_directory_for_a_symlink_cannot_reach_the_state_directory(
+    host: Host,
+) -> None:
+    # The hostile agent of issue #11, with its own key under the shipped policy: its command flips
+    # /workspace/d between a directory and a symlink to the gateway's state directory while it
+    # writes, creates and deletes through d. The state directory must come out untouched.
+    host.check_output("install -o kruxos -g kruxos -m 0600 /dev/null /var/lib/kruxos/canary")
+    key = host.check_output("kruxosctl --config /etc/kruxos/gateway.yaml keys create swapper")
+    script = (
+        "import threading, time\n"
+        "from kruxos import KruxOS, KruxOSError\n"
+        f"with KruxOS.connect(api_key='{key}') as agent:\n"
+        "    agent.capabilities.invoke('filesystem.mkdir', path='/workspace/d').raise_for_error()\n"
+        "    loop = ('cd /workspace; end=$(($(date +%s)+12)); while [ $(date +%s) -lt $end ]; do '\n"
+        "            'mv d d.p; ln -s /var/lib/kruxos d; rm d; mv d.p d; done')\n"
+        "    swapper = threading.Thread(target=agent.capabilities.invoke, args=('process.run',),\n"
+        "                               kwargs={'command': loop, 'timeout': 30})\n"
+        "    swapper.start()\n"
+        "    time.sleep(1)\n"
+        "    tries = 0\n"
+        "    while swapper.is_alive():\n"
+        "        for name, inputs in (\n"
+        "            ('filesystem.write', {'path': 'd/written', 'content': 'x', 'overwrite': True}),\n"
+        "            ('filesystem.delete', {'path': 'd/canary'}),\n"
+        "            ('filesystem.mkdir', {'path': 'd/made', 'parents': True}),\n"
+        "        ):\n"
+        "            try:\n"
+        "                agent.capabilities.invoke(name, **inputs)\n"
+        "            except KruxOSError:\n"
+        "                pass\n"
+        "            tries += 1\n"
+        "    print('tries', tries)\n"
+    )
+    host.check_output(f"cat > /root/swapper.py <<'EOF'\n{script}EOF")
+    out = host.check_output(f"timeout {timeout(120):.0f} bash -lc 'python3 /root/swapper.py'")
+    assert int(out.split()[-1]) > 50, out
+    assert host.file("/var/lib/kruxos/canary").exists
+    assert not host.file("/var/lib/kruxos/written").exists
+    assert not host.file("/var/lib/kruxos/made").exists
+    assert host.service("kruxos-gateway").is_running
