@@ -3,7 +3,8 @@
 It works on the gateway's SQLite database directly (``state_dir/gateway.db``). Run as root while
 the state directory belongs to another user (the gateway's), it switches to that user first, so
 the files it creates stay the gateway's. Errors are one line on stderr and exit code 2; ``--debug``
-shows the traceback.
+shows the traceback. Everything it prints from the database went through ``logs.escape``: agents
+wrote much of it, and it must not drive the operator's terminal (escapes, bidi overrides, new lines).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import TextIO
 from . import store
 from .config import DEFAULT_CONFIG_PATH, load_config
 from .errors import ConfigError
+from .logs import escape
 from .pidfile import signal_gateway
 
 PROG = "kruxosctl"
@@ -54,6 +56,18 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("name", help="a name for whoever uses the key, e.g. alice or build-agent")
     create.add_argument(
         "--output", type=Path, help="write the key to this file (mode 0600) instead of stdout"
+    )
+    create.add_argument(
+        "--take-over",
+        action="store_true",
+        help="reuse the name of a revoked key: the new key inherits its persistent state and approvals",
+    )
+    rotate = key_commands.add_parser(
+        "rotate", help="replace a live key by a new one that keeps its state; the old one stops working"
+    )
+    rotate.add_argument("name")
+    rotate.add_argument(
+        "--output", type=Path, help="write the new key to this file (mode 0600) instead of stdout"
     )
     key_commands.add_parser("list", help="list keys (never the keys themselves)")
     revoke = key_commands.add_parser(
@@ -124,23 +138,45 @@ def _open_output(path: Path) -> TextIO:
     return os.fdopen(fd, "w")
 
 
-def _keys_create(conn: sqlite3.Connection, name: str, output: TextIO | None) -> None:
+def _keys_create(conn: sqlite3.Connection, name: str, output: TextIO | None, take_over: bool) -> None:
     try:
-        key = store.create_key(conn, name)
+        key = store.create_key(conn, name, take_over=take_over)
     except store.KeyExists:
         raise CtlError(
-            f"a live key named {name!r} already exists", f"revoke it first (kruxosctl keys revoke {name})"
+            f"a live key named {name!r} already exists",
+            f"revoke it first (kruxosctl keys revoke {name}), or replace it: kruxosctl keys rotate {name}",
         ) from None
+    except store.KeyNameRetired:
+        raise CtlError(
+            f"a revoked key was named {name!r}, and its persistent state and approvals are filed under"
+            " that name",
+            f"choose another name, or pass --take-over to give the new key everything {name!r} had",
+        ) from None
+    _show_new_key(name, key, output, "created")
+
+
+def _keys_rotate(conn: sqlite3.Connection, name: str, output: TextIO | None) -> None:
+    key = store.rotate_key(conn, name)
+    if key is None:
+        raise CtlError(
+            f"no live key named {name!r}", "kruxosctl keys list shows the keys and which are revoked"
+        )
+    _show_new_key(name, key, output, "rotated")
+
+
+def _show_new_key(name: str, key: str, output: TextIO | None, done: str) -> None:
     if output is not None:
         with output:
             output.write(key + "\n")
-        print(f"created key {name!r}; written to {output.name}", file=sys.stderr)
+        print(f"{done} key {name!r}; written to {output.name}", file=sys.stderr)
     else:
         print(key)
-        print(f"created key {name!r}; it is shown only once: store it now", file=sys.stderr)
+        print(f"{done} key {name!r}; it is shown only once: store it now", file=sys.stderr)
 
 
 def print_table(rows: Sequence[Sequence[str]]) -> None:
+    """Print ``rows`` (the first is the header) in aligned columns, every cell escaped."""
+    rows = [[escape(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -175,7 +211,8 @@ def _tell_gateway_revoked(state_dir: Path, name: str) -> None:
 
 
 def _audit_line(r: store.AuditRecord) -> str:
-    return (
+    # The capability is the name the agent sent, even one that does not exist.
+    return escape(
         f"{r.ts}  {r.key_name}  {r.capability}  {r.outcome}  {r.duration_ms:.1f}ms"
         f"  inputs={r.inputs_sha256[:16]}  {r.invocation_id}"
     )
@@ -209,7 +246,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _alerts(conn: sqlite3.Connection, n: int) -> None:
     for a in store.list_alerts(conn, n):
-        print(f"{a.ts}  {a.severity.upper():8}  {a.alert_id}  {a.key_name}  {a.title}: {a.message}")
+        print(escape(f"{a.ts}  {a.severity.upper():8}  {a.alert_id}  {a.key_name}  {a.title}: {a.message}"))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -219,7 +256,7 @@ def run(args: argparse.Namespace) -> None:
         raise CtlError(str(exc), "pass the gateway's configuration with --config FILE") from None
     if (
         args.command == "keys"
-        and args.keys_command in ("create", "revoke")
+        and args.keys_command in ("create", "rotate", "revoke")
         and not KEY_NAME.fullmatch(args.name)
     ):
         raise CtlError(
@@ -246,9 +283,13 @@ def run(args: argparse.Namespace) -> None:
             # store functions never commit: each command that writes is one transaction.
             if args.keys_command == "create":
                 with store.transaction(conn):
-                    _keys_create(conn, args.name, output)
+                    _keys_create(conn, args.name, output, args.take_over)
             elif args.keys_command == "list":
                 _keys_list(conn)
+            elif args.keys_command == "rotate":
+                with store.transaction(conn):
+                    _keys_rotate(conn, args.name, output)
+                _tell_gateway_revoked(config.state_dir, args.name)
             else:
                 with store.transaction(conn):
                     _keys_revoke(conn, args.name)
@@ -268,13 +309,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         hint = f"; hint: {exc.hint}" if exc.hint else ""
-        print(f"{PROG}: error: {exc.message}{hint}", file=sys.stderr)
+        print(escape(f"{PROG}: error: {exc.message}{hint}"), file=sys.stderr)
         return 2
     except Exception as exc:
         if args.debug:
             raise
         print(
-            f"{PROG}: error: {type(exc).__name__}: {exc}; hint: rerun with --debug for details",
+            escape(f"{PROG}: error: {type(exc).__name__}: {exc}; hint: rerun with --debug for details"),
             file=sys.stderr,
         )
         return 2
@@ -282,4 +323,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``python -m kruxos_gateway.ctl``: run the package's module, not this copy named __main__, so that
+    # ctl_approvals raises the same CtlError class that main() catches.
+    from kruxos_gateway import ctl
+
+    sys.exit(ctl.main())

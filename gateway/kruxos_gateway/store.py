@@ -60,6 +60,10 @@ class KeyExists(Exception):
     """A live key with that name already exists."""
 
 
+class KeyNameRetired(Exception):
+    """A revoked key had that name: its persistent state and approvals are still filed under it."""
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """Open (creating if needed) the database at ``path`` and bring its schema up to date."""
     # isolation_level=None: no implicit transactions; callers open them (db.Database, transaction()).
@@ -135,8 +139,20 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("ascii")).hexdigest()
 
 
-def create_key(conn: sqlite3.Connection, name: str) -> str:
-    """Create a key named ``name``; return the key itself (only its hash is stored)."""
+def create_key(conn: sqlite3.Connection, name: str, *, take_over: bool = False) -> str:
+    """Create a key named ``name``; return the key itself (only its hash is stored).
+
+    What an agent keeps in the gateway (persistent state, approvals, its sessions' records) is filed
+    under its key's name, so a name stays with the first key that had it: a name that a revoked key
+    had is ``KeyNameRetired`` unless ``take_over``, the operator's explicit word that the new key
+    inherits all of that (a key rotated for the same agent).
+    """
+    if not take_over:
+        retired = conn.execute(
+            "SELECT 1 FROM keys WHERE name = ? AND revoked_at IS NOT NULL LIMIT 1", (name,)
+        ).fetchone()
+        if retired is not None:
+            raise KeyNameRetired(name)
     key = secrets.token_hex(32)
     try:
         conn.execute(
@@ -158,6 +174,13 @@ class KeyRecord:
 def list_keys(conn: sqlite3.Connection) -> list[KeyRecord]:
     rows = conn.execute("SELECT name, created_at, last_used_at, revoked_at FROM keys ORDER BY id").fetchall()
     return [KeyRecord(r["name"], r["created_at"], r["last_used_at"], r["revoked_at"]) for r in rows]
+
+
+def rotate_key(conn: sqlite3.Connection, name: str) -> str | None:
+    """Replace the live key ``name`` by a new one that keeps its state; ``None`` if there is none."""
+    if not revoke_key(conn, name):
+        return None
+    return create_key(conn, name, take_over=True)
 
 
 def revoke_key(conn: sqlite3.Connection, name: str) -> bool:
@@ -214,9 +237,21 @@ _CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure
 
 
 def inputs_digest(inputs: dict[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of the inputs (sorted keys, no spaces, UTF-8)."""
+    """SHA-256 of the canonical JSON of the inputs (sorted keys, no spaces, UTF-8).
+
+    A lone surrogate (``"\\ud800"`` is valid JSON, and Python decodes it) has no UTF-8 form: it is
+    written as its JSON escape, ``\\ud800``, which decodes back to the same string, so every input
+    an agent can send has a digest, and any other text keeps the digest it always had.
+    """
     canonical = _CANONICAL_JSON.encode(inputs)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical.encode("utf-8", errors="backslashreplace")).hexdigest()
+
+
+def storable_text(text: str) -> str:
+    """``text`` as SQLite can store it: lone surrogates, which have no UTF-8 form, as ``\\uXXXX`` text."""
+    if text.isascii():  # the common case, checked without encoding
+        return text
+    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -262,7 +297,12 @@ def _insert_audit_rows(conn: sqlite3.Connection, rows: Sequence[tuple[object, ..
 
 def append_audit_events(conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> None:
     """Append the audit records of ``events``, their timestamps and input digests made here, with one
-    INSERT statement per 120 records (one trip into SQLite instead of one per record; see db.py, Rows)."""
+    INSERT statement per 120 records (one trip into SQLite instead of one per record; see db.py, Rows).
+
+    Every record is storable whatever the agent sent: the digest and the capability name (the text
+    an agent chose) cannot fail to encode. Should a statement fail anyway, db.py writes the rows of
+    the batch one by one, so that the failure costs only the record that caused it.
+    """
     _insert_audit_rows(
         conn,
         [
@@ -271,7 +311,7 @@ def append_audit_events(conn: sqlite3.Connection, events: Sequence[AuditEvent]) 
                 e.key_name,
                 e.session_id,
                 e.invocation_id,
-                e.capability,
+                storable_text(e.capability),
                 inputs_digest(e.inputs),
                 e.outcome,
                 e.duration_ms,
@@ -290,7 +330,7 @@ def append_audit(conn: sqlite3.Connection, record: AuditRecord) -> None:
                 record.key_name,
                 record.session_id,
                 record.invocation_id,
-                record.capability,
+                storable_text(record.capability),
                 record.inputs_sha256,
                 record.outcome,
                 record.duration_ms,

@@ -148,8 +148,8 @@ class RunningGateway:
     def url(self, path: str = "/v1/supervision") -> str:
         return f"ws://127.0.0.1:{self.port}{path}"
 
-    async def create_key(self, name: str) -> str:
-        return await self.db.run(functools.partial(store.create_key, name=name))
+    async def create_key(self, name: str, *, take_over: bool = False) -> str:
+        return await self.db.run(functools.partial(store.create_key, name=name, take_over=take_over))
 
     async def revoke_key(self, name: str) -> bool:
         return await self.db.run(functools.partial(store.revoke_key, name=name))
@@ -176,7 +176,9 @@ async def running_gateway(
     db = Database(config.db_path)
     db.start()
     try:
-        key = await db.run(functools.partial(store.create_key, name="alice"))
+        # A test that restarts the gateway on the same state revokes alice first: the new key takes
+        # over what alice had, as `kruxosctl keys rotate` would.
+        key = await db.run(functools.partial(store.create_key, name="alice", take_over=True))
         server = GatewayServer(config, db, Gateway(config, db, default_registry(), run_as=run_as))
         await server.start()
         try:

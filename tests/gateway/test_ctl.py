@@ -81,7 +81,7 @@ def test_keys_list_shows_names_and_use_but_never_keys(
     assert key not in out
 
 
-def test_a_revoked_key_no_longer_authenticates_and_its_name_can_be_reused(
+def test_a_revoked_key_no_longer_authenticates_and_its_name_can_be_taken_over(
     config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ctl(config, "keys", "create", "alice")
@@ -91,7 +91,7 @@ def test_a_revoked_key_no_longer_authenticates_and_its_name_can_be_reused(
         "revoked key 'alice': its next handshake is refused; no running gateway was signalled; "
         "a running one closes the key's connections within 5 s\n"
     )
-    assert ctl(config, "keys", "create", "alice") == 0
+    assert ctl(config, "keys", "create", "alice", "--take-over") == 0
     new = capsys.readouterr().out.strip()
     conn = store.connect(db(config))
     try:
@@ -259,3 +259,38 @@ def test_audit_tail_follow_prints_new_records_until_interrupted(config: Path) ->
         finally:
             follower.send_signal(signal.SIGINT)
             assert follower.wait(timeout(15)) == 0
+
+
+def test_a_revoked_keys_name_is_not_given_to_a_new_key_without_saying_so(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its persistent state and approvals are filed under the name: a new agent must not inherit them
+    # because an operator happened to pick the same name.
+    ctl(config, "keys", "create", "alice")
+    ctl(config, "keys", "revoke", "alice")
+    capsys.readouterr()
+    assert ctl(config, "keys", "create", "alice") == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        "kruxosctl: error: a revoked key was named 'alice', and its persistent state and approvals are"
+        " filed under that name; hint: choose another name, or pass --take-over to give the new key"
+        " everything 'alice' had\n"
+    )
+
+
+def test_rotating_a_key_replaces_it_under_the_same_name(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ctl(config, "keys", "create", "alice")
+    old = capsys.readouterr().out.strip()
+    assert ctl(config, "keys", "rotate", "alice") == 0
+    new = capsys.readouterr().out.strip()
+    conn = store.connect(db(config))
+    try:
+        assert store.authenticate(conn, old) is None
+        rotated = store.authenticate(conn, new)
+        assert rotated is not None
+        assert rotated.name == "alice"
+    finally:
+        conn.close()

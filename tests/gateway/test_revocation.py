@@ -59,7 +59,7 @@ async def test_a_new_key_under_a_revoked_name_keeps_its_connection(gateway: Runn
     old = await gateway.create_key("bob")
     async with gateway.client(old) as stale:
         await gateway.revoke_key("bob")
-        new = await gateway.create_key("bob")
+        new = await gateway.create_key("bob", take_over=True)
         async with gateway.client(new) as fresh:
             assert await gateway.server.close_revoked() == 1
             assert await stale.closed() == REVOKED
