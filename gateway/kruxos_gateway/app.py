@@ -117,6 +117,7 @@ class Gateway:
             session_id=session_id,
             invocation_id=invocation_id,
             run_as=self.run_as,
+            policy=self.policy.evaluate,  # e.g. for each redirect hop of network.http_request
         )
 
     # --- sessions -------------------------------------------------------------------------------

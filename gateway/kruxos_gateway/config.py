@@ -6,11 +6,13 @@ errors (``extra="forbid"``, strict types), reported as one line naming the key p
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
 
@@ -39,6 +41,12 @@ class LimitsConfig(_Section):
     handshake_timeout: PositiveFloat = 10.0
     idle_timeout: PositiveFloat = 300.0
     drain_timeout: Annotated[float, Field(ge=0)] = 10.0
+    # What one client can hold without a key, and what one connection may have queued for sending
+    # (docs/gateway.md, *Limits*).
+    max_unauthenticated_connections: PositiveInt = 256
+    max_unauthenticated_per_address: PositiveInt = 32
+    reserved_descriptors: PositiveInt = 1024
+    max_queued_bytes: PositiveInt = 1_048_576
 
 
 class AuthConfig(_Section):
@@ -59,11 +67,61 @@ class ProcessConfig(_Section):
     max_output_bytes: PositiveInt = 1_048_576
 
 
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+def canonical_network(value: str) -> str:
+    """An address or CIDR as ``ipaddress`` writes it (IPv4-mapped IPv6 as IPv4); ValueError if neither."""
+    text = value.strip().lower()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        network = ipaddress.ip_network(text)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an IP address or CIDR network ({exc})") from None
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None:
+            network = ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    return str(network.network_address) if network.num_addresses == 1 else str(network)
+
+
+def _host_pattern(value: str) -> str:
+    """One entry of allow_hosts/deny_hosts, canonical: ``name``, ``*.domain``, an IP address or a CIDR."""
+    text = value.strip().lower()
+    if "/" in text or ":" in text or re.fullmatch(r"[0-9.]+", text):
+        return canonical_network(value)
+    wildcard = text.startswith("*.")
+    name = text[2:] if wildcard else text
+    name = name[:-1] if name.endswith(".") else name
+    try:
+        name = name.encode("idna").decode("ascii").lower()  # "bücher.example" as in a URL
+    except UnicodeError:
+        name = ""
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(
+            f"{value!r} is not a host name, *.domain, IP address or CIDR "
+            "(letters, digits, '-' and '_' between dots; no '%' escapes)"
+        )
+    if re.fullmatch(r"0x[0-9a-f]*|[0-9]+", labels[-1]):
+        raise ValueError(f"{value!r} ends in a number: write an IPv4 address as four decimal numbers")
+    return ("*." if wildcard else "") + name
+
+
+HostPattern = Annotated[str, AfterValidator(_host_pattern)]
+AddressPattern = Annotated[str, AfterValidator(canonical_network)]
+
+
 class NetworkConfig(_Section):
-    allow_hosts: list[str] = []
-    deny_hosts: list[str] = []
+    # Host rules apply to the URL's canonical host; deny_hosts addresses and CIDRs also to every
+    # address it resolves to. Special-purpose and own addresses are refused unless in allow_addresses.
+    allow_hosts: list[HostPattern] = []
+    deny_hosts: list[HostPattern] = []
+    allow_addresses: list[AddressPattern] = []
     max_response_bytes: PositiveInt = 10_485_760
     default_timeout: PositiveFloat = 30.0
+    max_timeout: PositiveFloat = 300.0
 
 
 class PolicyConfig(_Section):

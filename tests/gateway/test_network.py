@@ -57,11 +57,15 @@ def web() -> Iterator[str]:
         thread.join()
 
 
+# The test server is on loopback, which network.http_request refuses unless the operator allows it.
+LOOPBACK = {"allow_addresses": ["127.0.0.0/8"]}
+
+
 async def call(
     tmp_path: Path, network: dict[str, object] | None = None, **inputs: object
 ) -> dict[str, object]:
     async with (
-        running_gateway(make_config(tmp_path, network=network or {})) as gateway,
+        running_gateway(make_config(tmp_path, network={**LOOPBACK, **(network or {})})) as gateway,
         gateway.client() as client,
     ):
         return await client.result("network.http_request", **inputs)

@@ -37,6 +37,16 @@ class Context:
     log: logging.Logger = field(default=_LOG)
     # Resolved at start-up from process.run_as_user/run_as_group (None: run as the gateway).
     run_as: RunAs | None = None
+    # The gateway's policy hook (PolicyHook.evaluate), for check_policy; None: no policy to ask.
+    policy: PolicyCheck | None = None
+
+    async def check_policy(self, definition: CapabilityDefinition, inputs: dict[str, Any]) -> None:
+        """Ask the policy about other inputs of this invocation (e.g. the URL of a redirect hop).
+
+        Raises what the check before the handler would have: ``PolicyDenied``, ``ApprovalRequired``.
+        """
+        if self.policy is not None:
+            await self.policy(self, definition, inputs)
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,7 @@ class RunAs:
 
 
 Handler = Callable[[Context, dict[str, Any]], Awaitable[dict[str, Any]]]
+PolicyCheck = Callable[[Context, CapabilityDefinition, dict[str, Any]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
