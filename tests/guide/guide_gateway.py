@@ -74,6 +74,9 @@ def start_gateway(base: Path, **settings: Any) -> Iterator[RunningGateway]:
     # The shipped default policy, named explicitly: a host's own /etc/kruxos/policy.yaml (the
     # configuration's default path) must not decide what the guide's samples may do.
     settings.setdefault("policy", {"file": str(_shipped_policy())})
+    # The samples' web APIs are stand-ins served on loopback, which network.http_request refuses
+    # unless the operator allows it (docs/gateway.md, network.allow_addresses).
+    settings.setdefault("network", {"allow_addresses": ["127.0.0.0/8"]})
     workspace, state, config = base / "workspace", base / "state", base / "gateway.yaml"
     workspace.mkdir()
     (workspace / "README.md").write_text(README)
