@@ -5,6 +5,10 @@ the running gateway is told with a signal to the PID in ``state_dir/gateway.pid`
 decision was made": it runs the approved invocation or pushes the rejection at once), SIGHUP
 ("reload the policy"). If the signal cannot be sent the decision still stands: the gateway's periodic
 sweep (``policy.approval_poll_interval``) or its next start picks it up.
+
+Agents wrote most of what an approval holds: every field is printed through ``logs.escape``, the list
+says how many approvals it left out and marks every input it cut, and ``approvals show`` prints the
+inputs in full.
 """
 
 from __future__ import annotations
@@ -19,14 +23,17 @@ import sys
 from pathlib import Path
 
 from . import approvals_store
-from .approvals import initial_policy
 from .capabilities import default_registry
 from .config import GatewayConfig
 from .ctl import CtlError, print_table
 from .errors import GatewayError
+from .logs import escape
 from .pidfile import PIDFILE, signal_gateway
-from .policy import PolicyError, shipped_default_text
+from .policy import Policy, PolicyError, configured_policy, load_policy, shipped_default_text
 from .store import transaction
+from .workspace import Workspace
+
+BRIEF_INPUTS = 60
 
 
 def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,8 +51,10 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     approvals = commands.add_parser("approvals", help="list, show, approve and reject approvals")
     actions = approvals.add_subparsers(dest="approvals_command", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="approvals waiting for a decision (or --all recent ones)")
-    listing.add_argument("--all", action="store_true", help="also decided ones (the last -n)")
-    listing.add_argument("-n", type=int, default=50, help="how many with --all (default 50)")
+    listing.add_argument("--all", action="store_true", help="also decided ones (the most recent)")
+    listing.add_argument(
+        "-n", "--limit", dest="n", type=int, default=50, help="how many to list at most (default 50)"
+    )
     show = actions.add_parser("show", help="everything about one approval: invocation, decisions, result")
     show.add_argument("approval_id")
     for name, text in (("approve", "approve; the gateway runs the invocation once"), ("reject", "reject")):
@@ -79,19 +88,9 @@ def operator_name(explicit: str | None) -> str:
 def run_policy(config: GatewayConfig, args: argparse.Namespace) -> None:
     path = Path(config.policy.file)
     if args.policy_command == "show":
-        if path.exists():
-            print(f"# {path}", file=sys.stderr)
-            print(path.read_text(encoding="utf-8"), end="")
-        else:
-            print(f"# {path} does not exist: the shipped default policy is in force", file=sys.stderr)
-            print(shipped_default_text(), end="")
+        _show_policy(config, path)
         return
-    try:
-        policy = initial_policy(path)
-    except PolicyError as exc:
-        raise CtlError(
-            f"policy refused: {exc}", "fix the file; the gateway keeps the policy it has"
-        ) from None
+    policy = _policy(config, reload=args.policy_command == "reload")
     if args.policy_command == "reload":
         if not signal_gateway(config.state_dir, signal.SIGHUP):
             raise CtlError(
@@ -118,9 +117,42 @@ def run_policy(config: GatewayConfig, args: argparse.Namespace) -> None:
     decision = policy.decide(args.key, definition, inputs)
     where = f" (line {decision.line})" if decision.line is not None else ""
     print(f"decision: {decision.decision}")
-    print(f"rule:     {decision.rule}{where}")
-    print(f"why:      {decision.why}")
-    print(f"policy:   {policy.source}")
+    print(escape(f"rule:     {decision.rule}{where}"))
+    print(escape(f"why:      {decision.why}"))
+    print(escape(f"policy:   {policy.source}"))
+
+
+def _show_policy(config: GatewayConfig, path: Path) -> None:
+    """Print the policy file, or the shipped default when no file is configured or at the default path."""
+    if path.exists():
+        print(f"# {path}", file=sys.stderr)
+        # Escaped but for line ends and tabs: a bidi override must not hide a rule (Trojan Source).
+        print(escape(path.read_text(encoding="utf-8"), keep="\n\t"), end="")
+    elif "file" not in config.policy.model_fields_set:
+        print(f"# {path} does not exist: the shipped default policy is in force", file=sys.stderr)
+        print(shipped_default_text(), end="")
+    else:
+        raise CtlError(
+            f"{path} does not exist (policy.file)",
+            "restore it: the gateway does not start without it, and a running one keeps its policy",
+        )
+
+
+def _policy(config: GatewayConfig, *, reload: bool) -> Policy:
+    """The policy file as the gateway would load it: at start-up, or on a reload (``reload``).
+
+    A reload never falls back to the shipped default; paths are resolved in the workspace, as the
+    gateway resolves them (if kruxosctl cannot read the workspace, they are only normalised).
+    """
+    workspace = Workspace(config.workspace.root)
+    try:
+        if reload:
+            return load_policy(Path(config.policy.file), workspace=workspace)
+        return configured_policy(config.policy, workspace=workspace)
+    except PolicyError as exc:
+        raise CtlError(
+            f"policy refused: {exc}", exc.hint or "fix the file; the gateway keeps the policy it has"
+        ) from None
 
 
 # --- approvals ----------------------------------------------------------------------------------
@@ -131,25 +163,7 @@ def run_approvals(conn: sqlite3.Connection, config: GatewayConfig, args: argpars
     if command == "list":
         with transaction(conn):
             approvals_store.expire_due(conn)
-        rows = approvals_store.list_approvals(conn, open_only=not args.all, limit=args.n)
-        if not rows:
-            print("no approvals are waiting" if not args.all else "no approvals yet", file=sys.stderr)
-            return
-        table = [("ID", "STATUS", "KEY", "CAPABILITY", "RULE", "CREATED", "EXPIRES", "INPUTS")]
-        for a in rows:
-            table.append(
-                (
-                    a.approval_id,
-                    a.status,
-                    a.key_name,
-                    a.capability,
-                    a.rule,
-                    approvals_store.iso(a.created_at) or "",
-                    approvals_store.iso(a.expires_at) or "",
-                    _brief(approvals_store.canonical(a.inputs)),
-                )
-            )
-        print_table(table)
+        _list(conn, open_only=not args.all, limit=args.n)
         return
     if command == "show":
         _show(conn, args.approval_id)
@@ -177,23 +191,80 @@ def run_approvals(conn: sqlite3.Connection, config: GatewayConfig, args: argpars
     print(f"{decided.status} {decided.approval_id} as {operator}{note}", file=sys.stderr)
 
 
+def _list(conn: sqlite3.Connection, *, open_only: bool, limit: int) -> None:
+    """The table of approvals, then on stderr what it left out: approvals past ``limit``, cut inputs."""
+    rows = approvals_store.list_approvals(conn, open_only=open_only, limit=limit)
+    if not rows:
+        print("no approvals are waiting" if open_only else "no approvals yet", file=sys.stderr)
+        return
+    table = [("ID", "STATUS", "KEY", "CAPABILITY", "RULE", "CREATED", "EXPIRES", "INPUTS")]
+    cut = False
+    for a in rows:
+        inputs, was_cut = _brief(approvals_store.canonical(a.inputs))
+        cut = cut or was_cut
+        table.append(
+            (
+                a.approval_id,
+                a.status,
+                a.key_name,
+                a.capability,
+                a.rule,
+                approvals_store.iso(a.created_at) or "",
+                approvals_store.iso(a.expires_at) or "",
+                inputs,
+            )
+        )
+    print_table(table)
+    left_out = _count(conn, open_only=open_only) - len(rows)
+    if left_out > 0:
+        which = "newer" if open_only else "older"
+        print(f"{left_out} more not shown ({which}); --limit N lists more", file=sys.stderr)
+    if cut:
+        print(
+            f"inputs longer than {BRIEF_INPUTS} characters are cut (…(+N chars)): "
+            "kruxosctl approvals show ID prints them in full",
+            file=sys.stderr,
+        )
+
+
+def _count(conn: sqlite3.Connection, *, open_only: bool) -> int:
+    """How many approvals the list would show without a limit."""
+    if open_only:
+        marks = ", ".join("?" * len(approvals_store.OPEN))
+        query = f"SELECT COUNT(*) FROM approvals WHERE status IN ({marks})"
+        return int(conn.execute(query, approvals_store.OPEN).fetchone()[0])
+    return int(conn.execute("SELECT COUNT(*) FROM approvals").fetchone()[0])
+
+
+def _brief(text: str, limit: int = BRIEF_INPUTS) -> tuple[str, bool]:
+    """``text`` escaped, cut after ``limit`` characters with a mark of how many more; and if it was cut.
+
+    The mark is explicit so that a long harmless head (``sleep 2 …``) cannot pass for the whole
+    command while the dangerous tail (``; rm -rf …``) stays out of sight.
+    """
+    if len(text) <= limit:
+        return escape(text), False
+    return f"{escape(text[:limit])}…(+{len(text) - limit} chars)", True
+
+
 def _show(conn: sqlite3.Connection, approval_id: str) -> None:
+    """Every field of one approval, the inputs and result in full (JSON), all escaped."""
     a = approvals_store.get(conn, approval_id)
     if a is None:
         raise CtlError(f"no approval {approval_id!r}", "kruxosctl approvals list --all shows recent ones")
-    print(f"approval:   {a.approval_id}")
-    print(f"status:     {a.status}")
-    print(f"key:        {a.key_name} (session {a.session_id})")
-    print(f"capability: {a.capability}")
-    print(f"inputs:     {json.dumps(a.inputs, sort_keys=True, ensure_ascii=False)}")
-    print(f"rule:       {a.rule}")
-    print(f"created:    {approvals_store.iso(a.created_at)}")
-    print(f"expires:    {approvals_store.iso(a.expires_at)}")
+    lines = [
+        f"approval:   {a.approval_id}",
+        f"status:     {a.status}",
+        f"key:        {a.key_name} (session {a.session_id})",
+        f"capability: {a.capability}",
+        f"inputs:     {json.dumps(a.inputs, sort_keys=True, ensure_ascii=False)}",
+        f"rule:       {a.rule}",
+        f"created:    {approvals_store.iso(a.created_at)}",
+        f"expires:    {approvals_store.iso(a.expires_at)}",
+    ]
     for ts, decision, who, reason in approvals_store.decisions(conn, approval_id):
-        print(f"decision:   {ts}  {decision} by {who}" + (f": {reason}" if reason else ""))
+        lines.append(f"decision:   {ts}  {decision} by {who}" + (f": {reason}" if reason else ""))
     if a.result is not None:
-        print(f"result:     {json.dumps(a.result, sort_keys=True, ensure_ascii=False)}")
-
-
-def _brief(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+        lines.append(f"result:     {json.dumps(a.result, sort_keys=True, ensure_ascii=False)}")
+    for line in lines:
+        print(escape(line))

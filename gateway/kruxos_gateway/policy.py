@@ -11,6 +11,13 @@ and conditions, all of which must hold for the rule to match (a list means "any 
   ``{under: …}`` (a path inside one of these directories);
 * ``unless:`` the same conditions again: the rule does not match when they all hold.
 
+**Paths.** An input that names a workspace path (``_PATH_INPUTS``: ``path``, ``src``, ``dst`` of the
+filesystem capabilities, ``cwd`` of process.run) is matched, by every kind of matcher, as its canonical
+``/workspace/...`` path, never as the text given: once normalised lexically (``./``, ``//``, ``x/..``,
+relative), and once with its symlinks resolved as the capability resolves them (a policy loaded with
+a ``Workspace``). The policy is decided for both and the stricter decision counts, so a link into a
+denied tree is denied, and an allow covers a path only if both forms are inside it.
+
 **Evaluation order.** Every matching rule counts and the most restrictive decision wins:
 ``deny`` > ``require_approval`` > ``allow``; among matching rules with the same decision the first in
 the file is the one reported. An invocation no rule matches gets ``default``. So a deny is never
@@ -21,6 +28,8 @@ undone by an allow, whatever the order of the rules.
 ordered by severity, with consecutive rules that differ only in one input's patterns merged into one
 test; an invocation then only runs the input matchers of those few candidates and stops at the first
 that matches. Each input's view (text, URL host, normalised path) is computed once per invocation.
+Patterns with groups are tested on their own, never merged: a backreference (``\\1``) counts groups
+from the start of its own pattern.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import json
+import logging
 import operator
 import posixpath
 import re
@@ -41,13 +51,17 @@ from typing import Any, Literal, NamedTuple
 
 import yaml
 
+from .config import PolicyConfig
+from .errors import GatewayError
 from .models import CapabilityDefinition
+from .workspace import Workspace
 
 __all__ = [
     "DEFAULT_POLICY_RESOURCE",
     "Decision",
     "Policy",
     "PolicyError",
+    "configured_policy",
     "load_policy",
     "parse_policy",
     "shipped_default_text",
@@ -75,15 +89,33 @@ _RULE_KEYS = frozenset(
 )
 _CONDITION_KEYS = frozenset({"capability", "category", "tier", "tags", "keys", "groups", "inputs"})
 _MATCHER_KINDS = ("glob", "regex", "host", "under")
+# The inputs that name a path in /workspace, by capability, and whether the capability follows a
+# symlink in the last component (capabilities/_fs_ops.py, process.py): stat, delete and move act on
+# the link itself, so what it points to is not what they touch.
+_PATH_INPUTS: dict[str, tuple[tuple[str, bool], ...]] = {
+    "filesystem.read": (("path", True),),
+    "filesystem.write": (("path", True),),
+    "filesystem.list": (("path", True),),
+    "filesystem.mkdir": (("path", True),),
+    "filesystem.stat": (("path", False),),
+    "filesystem.delete": (("path", False),),
+    "filesystem.move": (("src", False), ("dst", False)),
+    "process.run": (("cwd", True),),
+}
+log = logging.getLogger(__name__)
 
 
 class PolicyError(Exception):
-    """A policy file that cannot be used: ``source``, ``line`` (1-based, or None) and ``reason``."""
+    """A policy file that cannot be used: ``source``, ``line`` (1-based, or None) and ``reason``.
 
-    def __init__(self, source: str, line: int | None, reason: str) -> None:
+    ``hint`` says what to do when that is not plain from the reason (e.g. a missing file).
+    """
+
+    def __init__(self, source: str, line: int | None, reason: str, hint: str | None = None) -> None:
         self.source = source
         self.line = line
         self.reason = reason
+        self.hint = hint
         where = f"{source}, line {line}" if line is not None else source
         super().__init__(f"{where}: {reason}")
 
@@ -181,7 +213,9 @@ def _host(value: str) -> str | None:
 
 
 def _agent_path(value: str) -> str:
-    path = value if value.startswith("/") else posixpath.join(WORKSPACE, value)
+    """``value`` as a ``/workspace/...`` path, normalised lexically (no file system access)."""
+    # normpath keeps a leading "//" (POSIX leaves its meaning open): one slash, as the kernel reads it.
+    path = "/" + value.lstrip("/") if value.startswith("/") else posixpath.join(WORKSPACE, value)
     return posixpath.normpath(path)
 
 
@@ -209,14 +243,31 @@ _MISSING = object()
 def _any_of(
     patterns: list[str], method: Literal["match", "search"], flags: int = 0
 ) -> Callable[[str], object]:
-    """``match``/``search`` of one compiled regex that matches where any of ``patterns`` does."""
-    if len(patterns) == 1:
-        return getattr(re.compile(patterns[0], flags), method)  # type: ignore[no-any-return]
-    try:
-        return getattr(re.compile("|".join(f"(?:{p})" for p in patterns), flags), method)  # type: ignore[no-any-return]
-    except re.error:  # e.g. a pattern with global inline flags, "(?i)…", cannot be nested: one by one
-        tests = [getattr(re.compile(p, flags), method) for p in patterns]
-        return lambda text: any(test(text) for test in tests)
+    """``match``/``search`` that matches where any of ``patterns`` does, with as few regexes as safe.
+
+    Patterns without groups are merged into one alternation. A pattern with groups is tested on its
+    own: in an alternation its groups would be renumbered, and its backreferences (``\\1``,
+    ``(?(1)…)``) would then name another pattern's group and stop matching.
+    """
+    compiled = [re.compile(p, flags) for p in patterns]
+    plain = [p for p, regex in zip(patterns, compiled, strict=True) if not regex.groups]
+    tests = [getattr(regex, method) for regex in compiled if regex.groups]
+    tests += _merged(plain, method, flags)
+    if len(tests) == 1:
+        return tests[0]  # type: ignore[no-any-return]
+    return lambda text: any(test(text) for test in tests)
+
+
+def _merged(
+    patterns: list[str], method: Literal["match", "search"], flags: int
+) -> list[Callable[[str], object]]:
+    """One test for ``patterns`` (none of them with groups) if they can be merged, else one each."""
+    if len(patterns) > 1:
+        try:
+            return [getattr(re.compile("|".join(f"(?:{p})" for p in patterns), flags), method)]
+        except re.error:  # e.g. a pattern with global inline flags, "(?i)…", cannot be nested
+            pass
+    return [getattr(re.compile(p, flags), method) for p in patterns]
 
 
 def _input_test(name: str, kind: str, patterns: list[str]) -> InputTest:
@@ -229,7 +280,7 @@ def _input_test(name: str, kind: str, patterns: list[str]) -> InputTest:
         test = _any_of([fnmatch.translate(p) for p in patterns], "match", re.IGNORECASE)
         return InputTest(name, "host", test, kind, tuple(patterns))
     # The path view ends in "/", so one C-level startswith covers the directory itself and below.
-    prefixes = tuple(sorted({posixpath.normpath(p).rstrip("/") + "/" for p in patterns}))
+    prefixes = tuple(sorted({_agent_path(p).rstrip("/") + "/" for p in patterns}))
     return InputTest(name, "path", operator.methodcaller("startswith", prefixes), kind, tuple(patterns))
 
 
@@ -297,6 +348,10 @@ class Rule:
 # one combined test; when it matches, the first member whose own test matches decides.
 _Member = tuple[Callable[[str], object], Decision]
 _Candidate = tuple[tuple[InputTest, ...], _Conditions | None, Decision, tuple[_Member, ...] | None]
+# The candidates of one (capability, key) pair, and the path inputs (name, follows the final link)
+# that some of them test: only those are canonicalised, and resolved on disk, per invocation.
+_Selection = tuple[tuple[_Candidate, ...], tuple[tuple[str, bool], ...]]
+_Views = dict[tuple[str, View], Any]
 
 
 @dataclass
@@ -308,7 +363,9 @@ class Policy:
     rules: tuple[Rule, ...]
     groups: dict[str, tuple[str, ...]]
     text: str = ""
-    _candidates: dict[tuple[str, str], tuple[_Candidate, ...]] = field(default_factory=dict, repr=False)
+    workspace: Workspace | None = None
+    """Where path inputs are resolved through their symlinks; without it they are normalised only."""
+    _candidates: dict[tuple[str, str], _Selection] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self._default_verdict = Decision(
@@ -318,10 +375,29 @@ class Policy:
     def decide(self, key_name: str, definition: CapabilityDefinition, inputs: Mapping[str, Any]) -> Decision:
         """The decision for ``key_name`` invoking ``definition`` with (validated) ``inputs``."""
         cache_key = (definition.name, key_name)
-        candidates = self._candidates.get(cache_key)
-        if candidates is None:
-            candidates = self._candidates[cache_key] = self._select(key_name, definition)
-        views: dict[tuple[str, View], Any] = {}
+        selection = self._candidates.get(cache_key)
+        if selection is None:
+            selection = self._candidates[cache_key] = self._select(key_name, definition)
+        candidates, path_inputs = selection
+        if not path_inputs:
+            return self._first_match(candidates, key_name, definition, inputs, {})
+        # The path as given (normalised) and as its symlinks resolve: the stricter decision counts.
+        given, resolved = self._path_views(path_inputs, inputs)
+        verdict = self._first_match(candidates, key_name, definition, inputs, given)
+        if resolved is None or verdict.decision == "deny":
+            return verdict
+        other = self._first_match(candidates, key_name, definition, inputs, resolved)
+        return other if _SEVERITY[other.decision] < _SEVERITY[verdict.decision] else verdict
+
+    def _first_match(
+        self,
+        candidates: tuple[_Candidate, ...],
+        key_name: str,
+        definition: CapabilityDefinition,
+        inputs: Mapping[str, Any],
+        views: _Views,
+    ) -> Decision:
+        """The verdict of the first candidate whose input matchers hold (the most restrictive)."""
         # The hot loop, inlined (no call per rule): the input matchers of each candidate in turn.
         for input_tests, unless, verdict, members in candidates:
             seen: Any = None
@@ -341,13 +417,57 @@ class Policy:
                     return verdict
         return self._default_verdict
 
-    def _select(self, key_name: str, definition: CapabilityDefinition) -> tuple[_Candidate, ...]:
+    def _select(self, key_name: str, definition: CapabilityDefinition) -> _Selection:
         """The rules whose capability and key conditions hold, most restrictive first, then file order."""
         matching = [
             r for r in self.rules if r.when.capability_holds(definition) and r.when.key_holds(key_name)
         ]
         matching.sort(key=lambda r: (_SEVERITY[r.decision], r.order))
-        return tuple(_merge(matching))
+        tested = {
+            test.name for r in matching for c in (r.when, r.unless) if c is not None for test in c.inputs
+        }
+        path_inputs = tuple(p for p in _PATH_INPUTS.get(definition.name, ()) if p[0] in tested)
+        return tuple(_merge(matching)), path_inputs
+
+    def _path_views(
+        self, path_inputs: tuple[tuple[str, bool], ...], inputs: Mapping[str, Any]
+    ) -> tuple[_Views, _Views | None]:
+        """The views of the path inputs as given (normalised), and as resolved if any of them differs."""
+        given: _Views = {}
+        resolved: _Views = {}
+        differs = False
+        for name, follow_final in path_inputs:
+            value = inputs.get(name)
+            if not isinstance(value, str):
+                continue
+            lexical = _agent_path(value)
+            # /workspace itself has no component that could be a link: no need to look on disk.
+            real = lexical if lexical == WORKSPACE else self._resolved(value, name, follow_final) or lexical
+            differs = differs or real != lexical
+            _set_path_views(given, name, lexical)
+            _set_path_views(resolved, name, real)
+        return given, resolved if differs else None
+
+    def _resolved(self, value: str, name: str, follow_final: bool) -> str | None:
+        """The agent path ``value`` leads to through its symlinks now, or None if it cannot be resolved.
+
+        None also for a path that leads outside the workspace: its capability refuses it the same way
+        (path_outside_workspace), so the path as given is all there is to judge. Links changed between
+        this decision and the capability's own resolution are not seen (see docs/gateway.md, *Paths*).
+        """
+        if self.workspace is None:
+            return None  # a policy parsed without one (tests, benchmarks): normalised only
+        try:
+            real = self.workspace.resolve(value, follow_final=follow_final, input_name=name).real
+        except (GatewayError, OSError, ValueError):
+            return None
+        return self.workspace.to_agent(real) if self.workspace.contains(real) else None
+
+
+def _set_path_views(views: _Views, name: str, path: str) -> None:
+    """Seed ``views`` so that every matcher on input ``name`` sees ``path``, not the text given."""
+    views[(name, "text")] = path
+    views[(name, "path")] = path.rstrip("/") + "/"
 
 
 def _merge(rules: list[Rule]) -> list[_Candidate]:
@@ -389,19 +509,38 @@ def shipped_default_text() -> str:
     return resources.files("kruxos_gateway").joinpath(DEFAULT_POLICY_RESOURCE).read_text(encoding="utf-8")
 
 
-def load_policy(path: Path) -> Policy:
+def configured_policy(config: PolicyConfig, *, workspace: Workspace | None = None) -> Policy:
+    """The policy a gateway starts with: the file ``config.file``; raise ``PolicyError`` if unusable.
+
+    Only a configuration that names no policy file at all gets the shipped default when there is no
+    file at the default path. A file the configuration names must exist: falling back to the shipped
+    default would silently drop the operator's own rules (the appliance's gateway.yaml names it).
+    """
+    path = Path(config.file)
+    if "file" not in config.model_fields_set and not path.exists():
+        log.warning("no policy file at %s and none configured: using the shipped default policy", path)
+        return parse_policy(shipped_default_text(), f"{path} (missing: shipped default)", workspace=workspace)
+    return load_policy(path, workspace=workspace)
+
+
+def load_policy(path: Path, *, workspace: Workspace | None = None) -> Policy:
     """Read and compile the policy file at ``path``; raise ``PolicyError`` (file, line, reason)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise PolicyError(str(path), None, "no such file") from None
+        raise PolicyError(
+            str(path), None, "no such file", "restore it, or set policy.file to the policy to use"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise PolicyError(str(path), None, f"cannot read: {exc}") from None
-    return parse_policy(text, str(path))
+    return parse_policy(text, str(path), workspace=workspace)
 
 
-def parse_policy(text: str, source: str = "<policy>") -> Policy:
-    """Parse and compile policy YAML; raise ``PolicyError`` naming the line and what is wrong."""
+def parse_policy(text: str, source: str = "<policy>", *, workspace: Workspace | None = None) -> Policy:
+    """Parse and compile policy YAML; raise ``PolicyError`` naming the line and what is wrong.
+
+    With ``workspace``, path inputs are also matched as their symlinks resolve (module docstring).
+    """
     try:
         raw = yaml.load(text, Loader=_Loader)
     except _Bad as exc:
@@ -413,12 +552,12 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
             source, mark.line + 1 if mark is not None else None, f"not valid YAML: {problem}"
         ) from None
     try:
-        return _compile(raw, source, text)
+        return _compile(raw, source, text, workspace)
     except _Bad as exc:
         raise PolicyError(source, exc.line, exc.reason) from None
 
 
-def _compile(raw: object, source: str, text: str) -> Policy:
+def _compile(raw: object, source: str, text: str, workspace: Workspace | None) -> Policy:
     if not isinstance(raw, _Map):
         raise _Bad(1, "the policy must be a mapping with 'version', 'default' and 'rules'")
     unknown = set(raw) - {"version", "default", "groups", "rules"}
@@ -445,7 +584,7 @@ def _compile(raw: object, source: str, text: str) -> Policy:
             )
         names[rule.name] = line
         rules.append(rule)
-    return Policy(source, default, tuple(rules), groups, text)
+    return Policy(source, default, tuple(rules), groups, text, workspace)
 
 
 def _decision(value: object, line: int | None, where: str) -> DecisionName:
