@@ -22,7 +22,8 @@ order they were queued.
 
 **Rows.** :meth:`Database.submit_row` is ``submit`` for the most frequent write, one row at a time (an
 audit record per invocation): rows submitted one after another for the same writer reach the thread
-as one job, ``writer(connection, rows)``, which writes them with one statement. Each job and each
+as one job, ``writer(connection, rows)``, which writes them with one statement (should that fail, the
+job writes them one by one instead: one row that cannot be written loses no other). Each job and each
 statement is a moment where the thread takes the GIL back from the event loop, and on a busy gateway
 that handover, not SQLite, is what the loop waits for: one job per batch instead of one per row halves
 the cost of an invocation (bench/gateway_bench.py).
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 256
 # How long submitted (fire-and-forget) writes wait on the event loop to share one batch; see above.
 SUBMIT_DELAY = 0.005
+# The savepoint each job of a batch runs in: a job that raises is rolled back to it alone.
+_JOB_SAVEPOINT = "job"
 
 
 @dataclass
@@ -70,7 +73,44 @@ class _HeldRows(Generic[R]):
 
     def job(self) -> _Job:
         writer, rows = self.writer, self.rows
-        return _Job(lambda conn: writer(conn, rows), None, None)
+        return _Job(lambda conn: _write_rows(conn, writer, rows), None, None)
+
+
+def _write_rows(
+    conn: sqlite3.Connection, writer: Callable[[sqlite3.Connection, Sequence[R]], object], rows: Sequence[R]
+) -> None:
+    """``writer(conn, rows)``; if it fails, each row on its own, so that one bad row loses only itself.
+
+    The rows are unrelated writes (the audit records of different agents' invocations) that share a
+    statement only to be cheap: none may be lost because another one cannot be written.
+    """
+    try:
+        writer(conn, rows)  # no savepoint of its own on this, the usual path: the job's is enough
+        return
+    except Exception as exc:
+        if len(rows) == 1:
+            raise
+        log.warning("writing %d queued rows together failed (%s); writing them one by one", len(rows), exc)
+    conn.execute(f"ROLLBACK TO {_JOB_SAVEPOINT}")  # what the failed call wrote, and only that
+    for row in rows:
+        try:
+            _in_savepoint(conn, writer, [row])
+        except Exception as exc:
+            log.error("a queued database row could not be written and is lost: %s", exc)
+
+
+def _in_savepoint(
+    conn: sqlite3.Connection, writer: Callable[[sqlite3.Connection, Sequence[R]], object], rows: Sequence[R]
+) -> None:
+    """``writer(conn, rows)``; if it raises, undo what it wrote (and only that), then re-raise."""
+    conn.execute("SAVEPOINT rows")
+    try:
+        writer(conn, rows)
+    except BaseException:
+        conn.execute("ROLLBACK TO rows")
+        conn.execute("RELEASE rows")
+        raise
+    conn.execute("RELEASE rows")
 
 
 def _job_of(item: _Job | _HeldRows[Any]) -> _Job:
@@ -200,13 +240,13 @@ class Database:
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:
-                conn.execute("SAVEPOINT job")
+                conn.execute(f"SAVEPOINT {_JOB_SAVEPOINT}")
                 try:
                     job.result = job.fn(conn)
                 except BaseException as exc:
-                    conn.execute("ROLLBACK TO job")
+                    conn.execute(f"ROLLBACK TO {_JOB_SAVEPOINT}")
                     job.error = exc
-                conn.execute("RELEASE job")
+                conn.execute(f"RELEASE {_JOB_SAVEPOINT}")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             # The commit itself failed (disk full, I/O error): nothing in the batch is durable.

@@ -11,10 +11,13 @@ draining). The WebSocket adapter feeds it each message it receives and acts on w
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError
 
 from . import errors
 from .models import (
@@ -43,6 +46,25 @@ CLOSE_MESSAGE_TOO_BIG = 1009
 # Application close code (4000-4999): the connection's API key was revoked (4401, after HTTP 401).
 CLOSE_KEY_REVOKED = 4401
 
+# The deepest nesting of objects and arrays in a frame: the frame itself is depth 1, its params 2, a
+# capability's inputs 3. JSON much deeper makes the parser recurse until it fails, and the answer's
+# serialiser refuses values nested past about 250: a state value that deep could be stored but never
+# read back. No input an agent needs comes close to this.
+MAX_JSON_DEPTH = 64
+# Integers are kept to SQLite's (and most languages') 64-bit range: a bigger version or limit fails
+# deep inside a capability instead of being refused as the input it is.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+class InputOutOfBounds(errors.ProtocolError):
+    """A value of the frame is nested too deep or is a number out of range: ``invalid_input``, refused
+    before the request runs, naming the input (or the params member) that holds it."""
+
+    error_type = "invalid_input"
+
+    def __init__(self, field: str, message: str, fix: str) -> None:
+        super().__init__(message, recovery=[("fix_input", fix)], details={"input": field})
+
 
 @dataclass(frozen=True)
 class Dispatch:
@@ -65,7 +87,14 @@ Action = Dispatch | Reply
 
 def encode(frame: ServerFrame) -> str:
     """The text of one gateway frame."""
-    return frame.model_dump_json()
+    try:
+        return frame.model_dump_json()
+    except PydanticSerializationError:
+        # A string of the frame holds a lone surrogate (an agent sent "\\ud800", valid JSON, which the
+        # frame echoes): it has no UTF-8 form, so it is sent as the same JSON escape, which the client
+        # decodes back to what it sent.
+        text = json.dumps(frame.model_dump(mode="json"), ensure_ascii=False, separators=(",", ":"))
+        return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
 
 
 def error_frame(request_id: str | None, error: errors.GatewayError | ErrorInfo) -> ErrorFrame:
@@ -100,6 +129,16 @@ def parse_request(message: str | bytes, max_message_bytes: int) -> RequestFrame:
         )
     try:
         raw = json.loads(message, parse_constant=_reject_constant)
+    except RecursionError:  # nested far past MAX_JSON_DEPTH: the parser gave up before the end
+        request_id, path = _salvage_too_deep(message)
+        if not path:
+            raise errors.InvalidMessage(
+                f"the frame is nested more than {MAX_JSON_DEPTH} deep and is not a JSON object",
+                recovery=[("fix_frame", "send one JSON object per text frame")],
+            ) from None
+        err: errors.ProtocolError = _too_deep(path)
+        err.request_id = request_id
+        raise err from None
     except ValueError as exc:
         raise errors.InvalidMessage(
             f"the frame is not valid JSON: {exc}",
@@ -113,13 +152,18 @@ def parse_request(message: str | bytes, max_message_bytes: int) -> RequestFrame:
     request_id = raw.get("id") if isinstance(raw.get("id"), str) else None
     frame_type = raw.get("type")
     if frame_type not in CLIENT_FRAME_TYPES:
-        err: errors.ProtocolError = errors.UnknownMessageType(
+        err = errors.UnknownMessageType(
             f"unknown frame type {frame_type!r}; a client sends only 'request' frames",
             recovery=[("fix_frame", "set type to 'request'")],
             details={"type": frame_type if isinstance(frame_type, str | int | float | bool) else None},
         )
         err.request_id = request_id
         raise err
+    try:
+        check_bounds(raw)
+    except InputOutOfBounds as exc:
+        exc.request_id = request_id
+        raise
     try:
         request = CLIENT_FRAME.validate_python(raw)
     except ValidationError as exc:
@@ -142,6 +186,148 @@ def parse_request(message: str | bytes, max_message_bytes: int) -> RequestFrame:
 
 def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not valid JSON")
+
+
+# --- depth and numbers --------------------------------------------------------------------------
+
+# Where a value sits in a frame: the keys and indices down to it from the frame.
+ValuePath = tuple[str | int, ...]
+
+
+def check_bounds(frame: dict[str, Any]) -> None:
+    """Raise ``InputOutOfBounds`` for the first value of the frame's params nested deeper than
+    ``MAX_JSON_DEPTH`` or number out of range: an integer outside 64 bits, or a float that
+    overflowed to infinity (``1e400`` parses, as infinity).
+
+    The rest of the frame is pydantic's to check (an id must be a string, …). This runs on every
+    request, so it is a plain loop over what ``json.loads`` made (exact types, no paths): well under
+    a microsecond for a usual request, about the time of the parse itself for 100,000 values. The
+    path of a bad value is looked for only once there is one. Iterative: checking depth costs none.
+    """
+    params = frame.get("params")
+    if type(params) is not dict and type(params) is not list:
+        return
+    pending: list[tuple[dict[str, Any] | list[Any], int]] = [(params, 2)]  # the frame is depth 1
+    while pending:
+        container, depth = pending.pop()
+        for value in container.values() if isinstance(container, dict) else container:
+            kind = type(value)
+            if kind is dict or kind is list:
+                if depth >= MAX_JSON_DEPTH:
+                    raise _too_deep(_path_to(params, value))
+                pending.append((value, depth + 1))
+            elif kind is int:
+                if not INT64_MIN <= value <= INT64_MAX:
+                    raise _out_of_range(
+                        _path_to(params, value),
+                        "an integer outside the 64-bit range",
+                        f"an integer from {INT64_MIN} to {INT64_MAX}",
+                    )
+            elif kind is float and math.isinf(value):
+                raise _out_of_range(
+                    _path_to(params, value), "a number too large for a 64-bit float", "a finite number"
+                )
+
+
+def _path_to(params: dict[str, Any] | list[Any], target: object) -> ValuePath:
+    """Where ``target`` (that very object: json.loads makes one per occurrence of such values) is."""
+    pending: list[tuple[dict[str, Any] | list[Any], ValuePath]] = [(params, ("params",))]
+    while pending:
+        container, path = pending.pop()
+        for name, value in container.items() if isinstance(container, dict) else enumerate(container):
+            if value is target:
+                return (*path, name)
+            if isinstance(value, dict | list):
+                pending.append((value, (*path, name)))
+    return ("params",)
+
+
+def _field(path: ValuePath) -> list[str]:
+    """The parts that name the value at ``path`` in an error: relative to ``params`` and to a
+    capability's ``inputs``, as InvalidInput names inputs (``expected_version``, ``items.3.n``)."""
+    parts = [str(part) for part in path]
+    for wrapper in ("params", "inputs"):
+        if parts[:1] == [wrapper] and len(parts) > 1:
+            parts = parts[1:]
+    return parts
+
+
+def _out_of_range(path: ValuePath, what: str, wanted: str) -> InputOutOfBounds:
+    field = ".".join(_field(path))
+    return InputOutOfBounds(field, f"input {field!r} is {what}", f"pass {field} as {wanted}")
+
+
+def _too_deep(path: ValuePath) -> InputOutOfBounds:
+    # Named by the input that holds the deep value, not by a path 64 parts long.
+    field = _field(path)[0]
+    return InputOutOfBounds(
+        field,
+        f"input {field!r} nests objects and arrays more than {MAX_JSON_DEPTH} deep (counting the frame)",
+        f"flatten {field}: at most {MAX_JSON_DEPTH - 3} levels of objects and arrays inside an input",
+    )
+
+
+_SPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _salvage_too_deep(text: str) -> tuple[str | None, ValuePath]:
+    """For a frame nested too deep for ``json.loads``: the request's id and the keys down to the
+    deep value (``params``, ``inputs``, the input's name), as far as they can be read cheaply.
+
+    Members are decoded one at a time, in C like ``json.loads``, and only the deep one is descended
+    into, at most three objects down. Reading what follows the deep value would mean scanning it in
+    Python, so an id that comes after it stays unknown (the error then has id null); clients send
+    the id first.
+    """
+    request_id: str | None = None
+    path: list[str] = []
+    start = _skip_space(text, 0)
+    for _ in range(3):
+        read, deep = _members_before_deep(text, start)
+        if not path and isinstance(read.get("id"), str):
+            request_id = read["id"]
+        if deep is None:
+            break
+        key, start = deep
+        path.append(key)
+    return request_id, tuple(path)
+
+
+def _members_before_deep(text: str, pos: int) -> tuple[dict[str, Any], tuple[str, int] | None]:
+    """The members of the object at ``text[pos]`` up to the first one too deep to decode, and that
+    one's key and where its value starts (``None`` if none is too deep, or this is no object)."""
+    read: dict[str, Any] = {}
+    if text[pos : pos + 1] != "{":
+        return read, None
+    pos += 1
+    while True:
+        pos = _skip_space(text, pos)
+        if text[pos : pos + 1] != '"':  # a key is a string: decoding it cannot recurse
+            return read, None
+        try:
+            key, pos = _DECODER.raw_decode(text, pos)
+        except ValueError:
+            return read, None
+        pos = _skip_space(text, pos)
+        if text[pos : pos + 1] != ":":
+            return read, None
+        pos = _skip_space(text, pos + 1)
+        try:
+            read[key], pos = _DECODER.raw_decode(text, pos)
+        except RecursionError:
+            return read, (key, pos)
+        except ValueError:
+            return read, None
+        pos = _skip_space(text, pos)
+        if text[pos : pos + 1] != ",":
+            return read, None
+        pos += 1
+
+
+def _skip_space(text: str, pos: int) -> int:
+    match = _SPACE.match(text, pos)
+    return match.end() if match else pos
 
 
 def one_line(exc: ValidationError) -> str:

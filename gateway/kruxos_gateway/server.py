@@ -1,7 +1,13 @@
 """The thin websockets adapter: HTTP health, handshake auth, and one task per request.
 
 Everything a frame means is decided by ``protocol.Session`` and ``app.Gateway``; this module only
-moves bytes, enforces the timeouts and runs the shutdown sequence.
+moves bytes, enforces the timeouts and limits, and runs the shutdown sequence.
+
+What a client can hold is bounded here. Before its key is checked: a few connections (in total and
+per address, ``ratelimit.ConnectionGate``), each refused the moment it is accepted past the limits.
+After: ``max_in_flight`` requests, each counted until its answer has been written out, and about
+``max_queued_bytes`` of frames waiting in the transport. A client that stops reading stops being
+read (backpressure), and after ``idle_timeout`` without reading anything it is dropped.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ import email.utils
 import functools
 import json
 import logging
+import math
 import re
+import resource
 import secrets
 import time
 import urllib.parse
@@ -20,7 +28,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ClassVar, cast
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -35,7 +43,7 @@ from .app import Caller, Gateway
 from .config import GatewayConfig
 from .db import Database
 from .models import ErrorInfo, EventFrame, HelloFrame, Limits, RecoveryAction, RequestFrame, ServerFrame
-from .ratelimit import HandshakeLimiter
+from .ratelimit import ConnectionGate, HandshakeLimiter
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,42 @@ _BEARER = re.compile(r"Bearer ([0-9a-f]{64})")
 # frame); frames between the limit and this get a message_too_large error frame first.
 HARD_SIZE_FACTOR = 4
 KEEPALIVE_INTERVAL = 20.0
+# Refused connections are logged at most this often (with how many there were): a flood of them
+# must not become a flood of log lines.
+REFUSAL_LOG_INTERVAL = 10.0
+
+
+def _peer(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if peer else "unknown"
+
+
+@dataclass
+class _Admission:
+    """One server's gate for connections not yet authenticated, and the log of what it refuses."""
+
+    gate: ConnectionGate
+    refused: int = 0
+    logged_at: float = -math.inf
+
+    def admit(self, transport: asyncio.BaseTransport) -> str | None:
+        """The peer's address if this new connection may go on to its handshake, else ``None``."""
+        address = _peer(transport)
+        sock = transport.get_extra_info("socket")
+        reason = self.gate.admit(address, sock.fileno() if sock is not None else -1)
+        if reason is None:
+            return address
+        self.refused += 1
+        now = time.monotonic()
+        if now - self.logged_at >= REFUSAL_LOG_INTERVAL:
+            log.warning(
+                "refused %d connection(s) before a handshake since the last such line, the last from %s: %s",
+                self.refused,
+                address,
+                reason,
+            )
+            self.refused, self.logged_at = 0, now
+        return None
 
 
 class _Connection(ServerConnection):
@@ -56,12 +100,84 @@ class _Connection(ServerConnection):
     connection's ``data_received``, ``on_text`` starts that task directly (bench/gateway_bench.py).
     Until ``on_text`` is set (before ``hello``), and from the first fragmented or binary message on,
     messages go the usual way, through ``recv()``: switching for good keeps them in arrival order.
+
+    It also holds the connection to its limits: it counts against ``admission`` until it has
+    authenticated, and it sends frames one at a time (``send_frame``), reading no requests while the
+    client is not reading what was sent.
     """
+
+    # Set on the subclass each server makes (``_connection_type``).
+    admission: ClassVar[_Admission]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.last_activity = time.monotonic()
         self.on_text: Callable[[str], None] | None = None
+        # The address this connection counts for in the gate, until it authenticates or ends.
+        self._unauthenticated_from: str | None = None
+        self._refused = False
+        self._send_lock = asyncio.Lock()
+        # Since when the transport holds more than max_queued_bytes (None: it does not).
+        self.write_blocked_since: float | None = None
+
+    # --- admission --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        address = self.admission.admit(transport)
+        if address is None:
+            # Closed before websockets sees it: no handshake task, no timeout, nothing logged per
+            # connection, and its descriptor is free again at once.
+            self._refused = True
+            cast(asyncio.Transport, transport).abort()
+            return
+        self._unauthenticated_from = address
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return
+        self._leave_gate()
+        super().connection_lost(exc)
+
+    def authenticated(self) -> None:
+        """Its handshake proved a key: it no longer counts against the unauthenticated limits."""
+        self._leave_gate()
+
+    def _leave_gate(self) -> None:
+        if self._unauthenticated_from is not None:
+            self.admission.gate.release(self._unauthenticated_from)
+            self._unauthenticated_from = None
+
+    # --- sending, with backpressure ----------------------------------------------------------
+
+    async def send_frame(self, text: str) -> None:
+        """Send one frame after every frame before it has been handed to the transport.
+
+        ``send`` writes at once and only then waits for the transport to drain, so concurrent
+        callers would each add a frame to its buffer: one at a time, the buffer holds at most
+        ``max_queued_bytes`` and one frame, and what waits beyond that are the answers in flight.
+        """
+        async with self._send_lock:
+            await self.send(text)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        # The client does not read what it is sent: read nothing more from it either until it does,
+        # or every request it sends meanwhile would queue one more answer (if only an error).
+        self.write_blocked_since = time.monotonic()
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.write_blocked_since = None
+        if not self.recv_messages.paused:  # websockets pauses reading too, while recv() lags
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # websockets resumes reading once recv() catches up, unaware of the pause for writing.
+        if self.write_blocked_since is not None:
+            self.transport.pause_reading()
 
     def process_event(self, event: Any) -> None:
         # Our keepalive pings are answered by pongs: those must not keep an idle client alive.
@@ -82,10 +198,20 @@ class _Connection(ServerConnection):
         super().process_event(event)
 
 
+def _connection_type(admission: _Admission) -> type[_Connection]:
+    """The connection class of one server: its connections count against that server's limits."""
+
+    class Connection(_Connection):
+        pass
+
+    Connection.admission = admission
+    return Connection
+
+
 class _Outbox:
     """A connection's server events, sent in push order by one task so that none overtakes another."""
 
-    def __init__(self, connection: ServerConnection) -> None:
+    def __init__(self, connection: _Connection) -> None:
         self._connection = connection
         self._queue: asyncio.Queue[EventFrame] = asyncio.Queue()
         self._sender: asyncio.Task[None] | None = None
@@ -98,7 +224,7 @@ class _Outbox:
     async def _send_queued(self) -> None:
         with contextlib.suppress(ConnectionClosed):
             while not self._queue.empty():
-                await self._connection.send(protocol.encode(self._queue.get_nowait()))
+                await self._connection.send_frame(protocol.encode(self._queue.get_nowait()))
 
     async def close(self) -> None:
         if self._sender is not None:
@@ -137,6 +263,20 @@ def _json_response(
     )
 
 
+def raise_descriptor_limit() -> int | None:
+    """Raise this process's soft limit on open file descriptors to its hard limit (the unit sets
+    both with LimitNOFILE=); return the soft limit now in force, ``None`` if there is none."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:  # e.g. an unlimited hard limit, above the kernel's nr_open
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, exc)
+        else:
+            soft = hard
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
 def _refusal(status: HTTPStatus, error_type: str, message: str, action: str, description: str) -> Response:
     info = ErrorInfo(
         type=error_type, message=message, recovery=[RecoveryAction(action=action, description=description)]
@@ -172,8 +312,11 @@ class GatewayServer:
             self.config.listen.port,
             process_request=self._process_request,
             subprotocols=[Subprotocol(PROTOCOL)],
-            create_connection=_Connection,
+            create_connection=_connection_type(_Admission(self._connection_gate())),
             max_size=limits.max_message_bytes * HARD_SIZE_FACTOR,
+            # Past this many bytes in the transport a send waits for the client to read (and the
+            # connection stops reading requests, _Connection.pause_writing) until a quarter is left.
+            write_limit=limits.max_queued_bytes,
             open_timeout=limits.handshake_timeout,
             ping_interval=KEEPALIVE_INTERVAL,
             ping_timeout=KEEPALIVE_INTERVAL,
@@ -184,6 +327,27 @@ class GatewayServer:
             compression=None,
         )
         self._revocation_watch = asyncio.create_task(self._watch_revocations())
+
+    def _connection_gate(self) -> ConnectionGate:
+        """The limits on unauthenticated connections, given the descriptors this process may open."""
+        limits = self.config.limits
+        soft = raise_descriptor_limit()
+        ceiling = None
+        if soft is not None:
+            # Half of a small limit at most: the other half is for connections to be accepted at all.
+            reserve = min(limits.reserved_descriptors, soft // 2)
+            if reserve < limits.reserved_descriptors:
+                log.warning(
+                    "only %d file descriptors may be open (RLIMIT_NOFILE): %d are kept for authenticated "
+                    "agents instead of limits.reserved_descriptors=%d; raise LimitNOFILE= in the unit",
+                    soft,
+                    reserve,
+                    limits.reserved_descriptors,
+                )
+            ceiling = soft - reserve
+        return ConnectionGate(
+            limits.max_unauthenticated_connections, limits.max_unauthenticated_per_address, ceiling
+        )
 
     @property
     def address(self) -> tuple[str, int]:
@@ -218,18 +382,6 @@ class GatewayServer:
                 "reconnect_later",
                 "reconnect once the gateway is back",
             )
-        address = str(connection.remote_address[0]) if connection.remote_address else "unknown"
-        retry_after = self.limiter.retry_after(address)
-        if retry_after is not None:
-            response = _refusal(
-                HTTPStatus.TOO_MANY_REQUESTS,
-                "rate_limited",
-                f"too many failed handshakes from {address}; retry in {retry_after} s",
-                "wait",
-                f"wait {retry_after} seconds, then connect with a valid API key",
-            )
-            response.headers["Retry-After"] = str(retry_after)
-            return response
         offered = [
             p.strip() for value in request.headers.get_all("Sec-WebSocket-Protocol") for p in value.split(",")
         ]
@@ -241,9 +393,25 @@ class GatewayServer:
                 "offer_subprotocol",
                 f"send Sec-WebSocket-Protocol: {PROTOCOL}",
             )
+        address = str(connection.remote_address[0]) if connection.remote_address else "unknown"
+        key = await self._authenticate(request, address)
+        if isinstance(key, Response):
+            return self._failed_handshake(address, key)
+        assert isinstance(connection, _Connection)
+        connection.authenticated()
+        self._authenticated[connection] = key
+        return None
+
+    async def _authenticate(self, request: Request, address: str) -> store.LiveKey | Response:
+        """The live key the request carries, or the refusal to send if it carries none.
+
+        The key is checked before the failed-handshake limiter is consulted, and whatever the
+        limiter says, a valid key is let in: keys are 256 random bits, which no number of attempts
+        guesses, and an agent that makes its own address fail (network.http_request to the gateway
+        with a bad key) must not lock out every agent behind that address.
+        """
         values = request.headers.get_all("Authorization")
         if not values:
-            self.limiter.record_failure(address)
             return _refusal(
                 HTTPStatus.UNAUTHORIZED,
                 "authentication_failed",
@@ -253,7 +421,6 @@ class GatewayServer:
             )
         match = _BEARER.fullmatch(values[0]) if len(values) == 1 else None
         if match is None:
-            self.limiter.record_failure(address)
             return _refusal(
                 HTTPStatus.BAD_REQUEST,
                 "bad_request",
@@ -263,7 +430,6 @@ class GatewayServer:
             )
         key = await self.db.run(functools.partial(store.authenticate, key=match.group(1)))
         if key is None:
-            self.limiter.record_failure(address)
             log.info("refused handshake from %s: invalid or revoked API key", address)
             return _refusal(
                 HTTPStatus.UNAUTHORIZED,
@@ -272,8 +438,27 @@ class GatewayServer:
                 "check_key",
                 "ask the operator for a valid key (kruxosctl keys list shows which exist)",
             )
-        self._authenticated[connection] = key
-        return None
+        return key
+
+    def _failed_handshake(self, address: str, refusal: Response) -> Response:
+        """Count a handshake without a valid key; past the limit, answer 429 instead of ``refusal``.
+
+        A 429 is not counted: the limit lifts ``failed_handshake_window`` seconds after the failures
+        that set it, as its Retry-After says, however often the address keeps trying meanwhile.
+        """
+        retry_after = self.limiter.retry_after(address)
+        if retry_after is not None:
+            response = _refusal(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                "rate_limited",
+                f"too many failed handshakes from {address}; retry in {retry_after} s",
+                "wait",
+                f"wait {retry_after} seconds, then connect with a valid API key",
+            )
+            response.headers["Retry-After"] = str(retry_after)
+            return response
+        self.limiter.record_failure(address)
+        return refusal
 
     # --- connections ----------------------------------------------------------------------------
 
@@ -357,25 +542,40 @@ class GatewayServer:
             await live.connection.close(action.close_code, action.close_reason)
 
     async def _answer(self, live: _Live, request: RequestFrame) -> None:
+        # In flight until its answer is written to the transport, not merely built: max_in_flight
+        # then bounds the answers a client that does not read can make the gateway hold.
         try:
-            frame = await self.app.handle(live.caller, request)
+            await self._send(live.connection, await self.app.handle(live.caller, request))
         finally:
             live.session.complete(request.id)
-        await self._send(live.connection, frame)
 
-    async def _send(self, connection: ServerConnection, frame: ServerFrame) -> None:
+    async def _send(self, connection: _Connection, frame: ServerFrame) -> None:
         with contextlib.suppress(ConnectionClosed):
-            await connection.send(protocol.encode(frame))
+            await connection.send_frame(protocol.encode(frame))
 
     async def _close_when_idle(self, live: _Live) -> None:
         timeout = self.config.limits.idle_timeout
+        connection = live.connection
         while True:
-            remaining = live.connection.last_activity + timeout - time.monotonic()
+            now = time.monotonic()
+            remaining = connection.last_activity + timeout - now
             if remaining <= 0 and not live.session.in_flight:
                 log.info("session %s idle for %s s; closing", live.caller.session_id, timeout)
-                await live.connection.close(protocol.CLOSE_GOING_AWAY, "idle timeout")
+                await connection.close(protocol.CLOSE_GOING_AWAY, "idle timeout")
                 return
-            await asyncio.sleep(max(remaining, 0.05))
+            blocked = connection.write_blocked_since
+            if blocked is not None and now - blocked >= timeout:
+                # Its requests stay in flight while their answers wait, so it never looks idle; and
+                # a close frame would wait behind them too.
+                log.warning(
+                    "session %s has read nothing it was sent for %s s; dropping it",
+                    live.caller.session_id,
+                    timeout,
+                )
+                connection.transport.abort()
+                return
+            wait = remaining if blocked is None else min(remaining, blocked + timeout - now)
+            await asyncio.sleep(max(wait, 0.05))
 
     # --- revoked keys ---------------------------------------------------------------------------
 
@@ -421,17 +621,30 @@ class GatewayServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._revocation_watch
         live = list(self._live)
-        log.info("draining: %d connection(s), up to %s s", len(live), self.config.limits.drain_timeout)
+        timeout = self.config.limits.drain_timeout
+        log.info("draining: %d connection(s), up to %s s", len(live), timeout)
         for conn in live:
             conn.session.draining = True
-        await asyncio.gather(*(self._send(c.connection, protocol.shutdown_event()) for c in live))
-        pending = [task for conn in live for task in conn.tasks]
-        if pending:
-            _, unfinished = await asyncio.wait(pending, timeout=self.config.limits.drain_timeout)
-            if unfinished:
-                log.warning("drain timeout: cancelling %d request(s) still in flight", len(unfinished))
+        self._drop_stalled(live)
+        announced = [asyncio.create_task(self._send(c.connection, protocol.shutdown_event())) for c in live]
+        requests = [task for conn in live for task in conn.tasks]
+        if announced or requests:
+            # One deadline for both: an announcement to a client that stops reading now waits no longer.
+            _, unfinished = await asyncio.wait([*announced, *requests], timeout=timeout)
+            if cancelled := unfinished.difference(announced):
+                log.warning("drain timeout: cancelling %d request(s) still in flight", len(cancelled))
+        self._drop_stalled(live)
         self._server.close()  # closes open connections with 1001 and stops listening
         await self._server.wait_closed()
+
+    @staticmethod
+    def _drop_stalled(live: list[_Live]) -> None:
+        """Abort the connections whose client is not reading: nothing more reaches it, not even the
+        close frame it would be sent, which would wait behind the rest for good."""
+        for conn in live:
+            if conn.connection.write_blocked_since is not None:
+                log.warning("session %s is not reading what it is sent; dropping it", conn.caller.session_id)
+                conn.connection.transport.abort()
 
     async def wait_closed(self) -> None:
         assert self._server is not None
