@@ -1,9 +1,10 @@
 """``python -m kruxos_gateway --config FILE``: run the gateway daemon until SIGTERM or SIGINT.
 
 Exit codes: 0 after a clean shutdown, 2 for a bad configuration, policy file or command line (one
-line on stderr, no traceback), 1 if the gateway cannot start (e.g. the port is taken). SIGHUP reloads
-the policy file; SIGUSR1 (from kruxosctl) makes it apply approval decisions and close the connections
-of revoked keys at once.
+line on stderr, no traceback), 1 if the gateway cannot start (e.g. the port is taken). A policy file
+that the configuration names must exist; only without ``policy.file`` may the shipped default apply.
+SIGHUP reloads the policy file (a missing or broken one is refused, the policy in force stays); SIGUSR1
+(from kruxosctl) makes it apply approval decisions and close the connections of revoked keys at once.
 """
 
 from __future__ import annotations
@@ -21,16 +22,18 @@ from pydantic import ValidationError
 
 from . import pidfile
 from .app import Gateway
-from .approvals import PolicyGate, initial_policy
+from .approvals import PolicyGate
 from .capabilities import RunAs, default_registry
-from .capabilities.process import resolve_run_as
+from .capabilities._cgroups import CommandCgroups
+from .capabilities.process import resolve_cgroups, resolve_run_as
 from .config import DEFAULT_CONFIG_PATH, GatewayConfig, ListenConfig, describe_validation_error, load_config
 from .db import Database
 from .errors import ConfigError
 from .logs import configure_logging
-from .policy import Policy, PolicyError
+from .policy import Policy, PolicyError, configured_policy
 from .sdnotify import notify
 from .server import GatewayServer
+from .workspace import Workspace
 
 log = logging.getLogger("kruxos_gateway")
 PROG = "kruxos-gateway"
@@ -86,7 +89,11 @@ def write_port_file(path: Path, port: int) -> None:
 
 
 async def run(
-    config: GatewayConfig, run_as: RunAs | None, port_file: Path | None = None, policy: Policy | None = None
+    config: GatewayConfig,
+    run_as: RunAs | None,
+    port_file: Path | None = None,
+    policy: Policy | None = None,
+    cgroups: CommandCgroups | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then drain and return (SIGHUP reloads the policy)."""
     # Handlers first: a SIGTERM right after READY=1 must already drain, not kill.
@@ -97,9 +104,11 @@ async def run(
     db = Database(config.db_path)
     await asyncio.to_thread(db.start)
     try:
-        gateway = Gateway(config, db, default_registry(), run_as=run_as)
+        gateway = Gateway(config, db, default_registry(), run_as=run_as, cgroups=cgroups)
         policy_path = Path(config.policy.file)
-        gate = PolicyGate(policy or initial_policy(policy_path), gateway.approvals, policy_path)
+        if policy is None:
+            policy = configured_policy(config.policy, workspace=gateway.workspace)
+        gate = PolicyGate(policy, gateway.approvals, policy_path, gateway.workspace)
         gateway.policy = gate
         server = GatewayServer(config, db, gateway)
         loop.add_signal_handler(signal.SIGHUP, gate.reload_logged)
@@ -141,16 +150,18 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(logging.DEBUG if args.debug else logging.INFO)
     try:
         config, run_as = _configure(args)
+        cgroups = resolve_cgroups(config.process)  # and leftovers of a gateway that stopped are swept
     except ConfigError as exc:
         print(f"{PROG}: config error: {exc}", file=sys.stderr)
         return 2
     try:
-        policy = initial_policy(Path(config.policy.file))
+        # Bound to the workspace: path rules see where a path's symlinks lead (policy.py, *Paths*).
+        policy = configured_policy(config.policy, workspace=Workspace(config.workspace.root))
     except PolicyError as exc:
-        print(f"{PROG}: policy error: {exc}", file=sys.stderr)
+        print(f"{PROG}: policy error: {exc.one_line()}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(run(config, run_as, args.port_file, policy))
+        asyncio.run(run(config, run_as, args.port_file, policy, cgroups))
     except OSError as exc:
         print(f"{PROG}: error: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from . import ids, store
 from .approvals import ApprovalParams, Approvals
 from .capabilities import Context, Registry, RunAs, validate_inputs
+from .capabilities._cgroups import CommandCgroups
 from .config import GatewayConfig
 from .db import Database
 from .errors import CapabilityFailed, GatewayError, InternalError
@@ -89,6 +90,7 @@ class Gateway:
         registry: Registry,
         *,
         run_as: RunAs | None = None,
+        cgroups: CommandCgroups | None = None,
         policy: PolicyHook | None = None,
     ) -> None:
         self.config = config
@@ -96,6 +98,7 @@ class Gateway:
         self.registry = registry
         self.workspace = Workspace(config.workspace.root)
         self.run_as = run_as
+        self.cgroups = cgroups
         self.policy = policy or AllowAll()
         # Human approvals: approvals.check, exactly-once runs of approved invocations, pushed results.
         self.approvals = Approvals(self)
@@ -117,6 +120,7 @@ class Gateway:
             session_id=session_id,
             invocation_id=invocation_id,
             run_as=self.run_as,
+            cgroups=self.cgroups,
             policy=self.policy.evaluate,  # e.g. for each redirect hop of network.http_request
         )
 

@@ -34,10 +34,11 @@ from . import approvals_store, ids, store
 from .capabilities import Context, validate_inputs
 from .errors import ApprovalRequired, CapabilityFailed, GatewayError, PolicyDenied
 from .models import CapabilityDefinition, InvocationResult
-from .policy import Policy, PolicyError, load_policy, parse_policy, shipped_default_text
+from .policy import Policy, PolicyError, load_policy
 
 if TYPE_CHECKING:
     from .app import Caller, Gateway
+    from .workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -56,30 +57,29 @@ class ApprovalNotFound(GatewayError):
     error_type = "not_found"
 
 
-def initial_policy(path: Path) -> Policy:
-    """The policy to start with: the file at ``path``, or the shipped default if there is none.
-
-    A file that exists but is broken raises ``PolicyError``: the gateway must not start (fail closed).
-    """
-    if not path.exists():
-        log.warning("no policy file at %s: using the shipped default policy", path)
-        return parse_policy(shipped_default_text(), f"{path} (missing: shipped default)")
-    return load_policy(path)
-
-
 class PolicyGate:
     """The gateway's policy hook: the current policy, and the approvals it creates."""
 
-    def __init__(self, policy: Policy, approvals: Approvals, path: Path | None = None) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        approvals: Approvals,
+        path: Path | None = None,
+        workspace: Workspace | None = None,
+    ) -> None:
         self.policy = policy
         self.approvals = approvals
         self.path = path
+        self.workspace = workspace  # path rules also see where symlinks lead (policy.py, *Paths*)
 
     def reload(self) -> Policy:
-        """Load the policy file again; on error raise ``PolicyError`` and keep the current policy."""
+        """Load the policy file again; on error raise ``PolicyError`` and keep the current policy.
+
+        Never the shipped default: a file deleted by mistake must not replace the operator's rules.
+        """
         if self.path is None:
             raise PolicyError("<policy>", None, "this gateway has no policy file to reload")
-        self.policy = initial_policy(self.path)
+        self.policy = load_policy(self.path, workspace=self.workspace)
         log.info(
             "policy reloaded from %s: %d rule(s), default %s",
             self.path,
@@ -93,7 +93,7 @@ class PolicyGate:
         try:
             self.reload()
         except PolicyError as exc:
-            log.error("policy reload refused, the previous policy stays in force: %s", exc)
+            log.error("policy reload refused, the previous policy stays in force: %s", exc.one_line())
 
     async def evaluate(self, ctx: Context, capability: CapabilityDefinition, inputs: dict[str, Any]) -> None:
         decision = self.policy.decide(ctx.key_name, capability, inputs)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -65,6 +65,22 @@ class ProcessConfig(_Section):
     default_timeout: PositiveFloat = 60.0
     max_timeout: PositiveFloat = 3600.0
     max_output_bytes: PositiveInt = 1_048_576
+    # Each key's commands run as key_uid_base + the key's number (its own uid), in run_as_group.
+    key_uid_base: PositiveInt | None = None
+    key_uid_count: PositiveInt = 65_536
+    # "delegated" (the cgroup delegated to the gateway's unit: Delegate= + ProtectControlGroups=private),
+    # an absolute path of a cgroup (v2) directory, or null: process groups only.
+    cgroup_root: str | None = None
+    max_memory_bytes: PositiveInt | None = None
+    max_tasks: PositiveInt | None = None
+    max_cpus: PositiveFloat | None = None
+
+    @field_validator("cgroup_root")
+    @classmethod
+    def _cgroup_root(cls, value: str | None) -> str | None:
+        if value is not None and value != "delegated" and not value.startswith("/"):
+            raise ValueError(f"must be 'delegated', an absolute path or null (got {value!r})")
+        return value
 
 
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
@@ -125,7 +141,9 @@ class NetworkConfig(_Section):
 
 
 class PolicyConfig(_Section):
-    # The policy file; if it does not exist the shipped default policy applies (docs/gateway.md).
+    # The policy file. One the configuration names must exist (a missing one stops the start and is
+    # refused on reload); only when none is named and none is at this default path does the shipped
+    # default policy apply (policy.configured_policy, docs/gateway.md).
     file: str = "/etc/kruxos/policy.yaml"
     approval_timeout: PositiveFloat = 3600.0
     approval_poll_interval: PositiveFloat = 2.0

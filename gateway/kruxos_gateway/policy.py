@@ -119,6 +119,10 @@ class PolicyError(Exception):
         where = f"{source}, line {line}" if line is not None else source
         super().__init__(f"{where}: {reason}")
 
+    def one_line(self) -> str:
+        """The error as one line, with its hint if it has one (the gateway's and kruxosctl's form)."""
+        return f"{self}; hint: {self.hint}" if self.hint else str(self)
+
 
 @dataclass(frozen=True)
 class Decision:

@@ -176,6 +176,14 @@ def list_keys(conn: sqlite3.Connection) -> list[KeyRecord]:
     return [KeyRecord(r["name"], r["created_at"], r["last_used_at"], r["revoked_at"]) for r in rows]
 
 
+def key_number(conn: sqlite3.Connection, name: str) -> int:
+    """A number that stays with a key's name (its first row's id): ``process.run`` derives a uid from it."""
+    row = conn.execute("SELECT MIN(id) AS first FROM keys WHERE name = ?", (name,)).fetchone()
+    if row is None or row["first"] is None:
+        raise KeyError(name)
+    return int(row["first"])
+
+
 def rotate_key(conn: sqlite3.Connection, name: str) -> str | None:
     """Replace the live key ``name`` by a new one that keeps its state; ``None`` if there is none."""
     if not revoke_key(conn, name):

@@ -20,6 +20,7 @@ from typing import Any
 from kruxos_gateway import store
 from kruxos_gateway.app import Gateway
 from kruxos_gateway.capabilities import RunAs, default_registry
+from kruxos_gateway.capabilities._cgroups import CommandCgroups
 from kruxos_gateway.config import GatewayConfig
 from kruxos_gateway.db import Database
 from kruxos_gateway.server import GatewayServer
@@ -170,7 +171,7 @@ class RunningGateway:
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    config: GatewayConfig, run_as: RunAs | None = None
+    config: GatewayConfig, run_as: RunAs | None = None, cgroups: CommandCgroups | None = None
 ) -> AsyncIterator[RunningGateway]:
     """A real gateway on 127.0.0.1, port chosen by the kernel, with one key named alice."""
     db = Database(config.db_path)
@@ -179,7 +180,9 @@ async def running_gateway(
         # A test that restarts the gateway on the same state revokes alice first: the new key takes
         # over what alice had, as `kruxosctl keys rotate` would.
         key = await db.run(functools.partial(store.create_key, name="alice", take_over=True))
-        server = GatewayServer(config, db, Gateway(config, db, default_registry(), run_as=run_as))
+        server = GatewayServer(
+            config, db, Gateway(config, db, default_registry(), run_as=run_as, cgroups=cgroups)
+        )
         await server.start()
         try:
             yield RunningGateway(server, db, config, key)

@@ -100,7 +100,7 @@ def test_the_gateway_runs_unprivileged_and_sandboxed(host: Host) -> None:
     exposure = host.check_output("systemd-analyze security --no-pager kruxos-gateway.service | tail -1")
     found = re.search(r"exposure level for kruxos-gateway\.service: ([0-9.]+)", exposure)
     assert found, exposure
-    assert float(found.group(1)) <= 3.0, exposure
+    assert float(found.group(1)) <= 2.0, exposure
 
 
 def test_the_first_admin_key_is_made_on_the_device_for_root_only(host: Host) -> None:
@@ -115,7 +115,7 @@ def test_an_agent_unit_imports_kruxos_and_invokes_capabilities(host: Host) -> No
         "import kruxos\n"
         "from kruxos import KruxOS\n"
         "with KruxOS.connect() as agent:  # KRUXOS_HOST from the unit, the key from its credential\n"
-        "    ran = agent.capabilities.invoke('process.run', command=['id', '-un'])\n"
+        "    ran = agent.capabilities.invoke('process.run', command='echo $(id -u) $(id -g) $(id -G)')\n"
         "    print('process.run as:', ran.data['stdout'].strip())\n"
         "    agent.capabilities.invoke('filesystem.write', path='/workspace/from-agent.txt',\n"
         "                              content='hello from an agent\\n').raise_for_error()\n"
@@ -129,7 +129,9 @@ def test_an_agent_unit_imports_kruxos_and_invokes_capabilities(host: Host) -> No
     run = host.run(f"timeout {timeout(60):.0f} systemctl start --wait kruxos-agent@probe.service")
     log = host.check_output("journalctl --sync; journalctl -o cat -u kruxos-agent@probe.service")
     assert run.rc == 0, log
-    assert "process.run as: kruxos-agent" in log
+    # The key's own uid (process.key_uid_base + its number), in the workspace group and no other.
+    workspace_gid = host.check_output("getent group kruxos-workspace | cut -d: -f3")
+    assert re.search(rf"process.run as: 1\d{{5}} {workspace_gid} {workspace_gid}$", log, re.M), log
     assert f"sdk: {SDK}/kruxos/__init__.py" in log
     written = host.file("/workspace/from-agent.txt")
     assert written.content_string == "hello from an agent\n"
@@ -161,8 +163,8 @@ def test_a_timed_out_command_of_the_agent_user_is_killed_with_its_children(host:
     host.check_output(f"cat > /root/timeout.py <<'EOF'\n{script}EOF")
     out = host.check_output(f"timeout {timeout(60):.0f} bash -lc 'python3 /root/timeout.py'")
     assert out == "True ''"
-    # Both sleeps ran as kruxos-agent; the gateway (user kruxos) needs CAP_KILL to end them.
-    assert host.run("pgrep -u kruxos-agent -f 'sleep 30[01]'").rc == 1
+    # Both sleeps ran as the key's own uid; its cgroup (and CAP_KILL for the group) ends them.
+    assert host.run("pgrep -f 'sleep 30[01]'").rc == 1
 
 
 def _quick_start() -> str:
@@ -314,3 +316,23 @@ def test_an_agent_swapping_a_workspace_directory_for_a_symlink_cannot_reach_the_
     assert not host.file("/var/lib/kruxos/written").exists
     assert not host.file("/var/lib/kruxos/made").exists
     assert host.service("kruxos-gateway").is_running
+
+
+def test_a_daemon_started_by_a_command_does_not_outlive_it(host: Host) -> None:
+    script = (
+        "from kruxos import KruxOS\n"
+        f"with KruxOS.connect(api_key='{admin_key(host)}') as agent:\n"
+        "    ran = agent.capabilities.invoke(\n"
+        "        'process.run',\n"
+        "        command='setsid sh -c \"sleep 3007\" </dev/null >/dev/null 2>&1 & cat /proc/self/cgroup',\n"
+        "    )\n"
+        "    print(ran.data['stdout'].strip())\n"
+    )
+    host.check_output(f"cat > /root/daemon.py <<'EOF'\n{script}EOF")
+    out = host.check_output(f"timeout {timeout(60):.0f} bash -lc 'python3 /root/daemon.py'")
+    assert re.fullmatch(r"0::/cmd-[0-9a-f]{12}", out), out
+    deadline = time.monotonic() + timeout(5)
+    while host.run("pgrep -f 'sleep 3007'").rc == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert host.run("pgrep -f 'sleep 3007'").rc == 1
+    assert host.check_output("ls /sys/fs/cgroup/system.slice/kruxos-gateway.service").count("cmd-") == 0

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ..config import GatewayConfig
     from ..db import Database
     from ..workspace import Workspace
+    from ._cgroups import CommandCgroups
 
 # One logger for every Context (logging.getLogger takes the logging lock on each call).
 _LOG = logging.getLogger("kruxos_gateway.capabilities")
@@ -37,6 +38,8 @@ class Context:
     log: logging.Logger = field(default=_LOG)
     # Resolved at start-up from process.run_as_user/run_as_group (None: run as the gateway).
     run_as: RunAs | None = None
+    # From process.cgroup_root, checked at start-up (None: process groups only).
+    cgroups: CommandCgroups | None = None
     # The gateway's policy hook (PolicyHook.evaluate), for check_policy; None: no policy to ask.
     policy: PolicyCheck | None = None
 
@@ -55,6 +58,8 @@ class RunAs:
     gid: int
     extra_groups: tuple[int, ...]
     user: str
+    #: (first uid, how many): each key's commands run as its own uid instead of ``uid``.
+    key_uids: tuple[int, int] | None = None
 
 
 Handler = Callable[[Context, dict[str, Any]], Awaitable[dict[str, Any]]]

@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import grp
 import os
 import pwd
+import resource
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from .. import store
 from ..config import ProcessConfig
 from ..errors import CapabilityFailed, ConfigError, InvalidInput
 from ..models import CapabilityDefinition, InputSpec, OutputSpec
+from ..workspace import WorkspacePath
 from . import Capability, Context, RunAs
+from ._cgroups import CommandCgroups, Limits
 
 KILL_GRACE_SECONDS = 2.0
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -43,7 +50,20 @@ def resolve_run_as(config: ProcessConfig) -> RunAs | None:
         except KeyError:
             raise ConfigError(f"process.run_as_group: no such group {config.run_as_group!r}") from None
     extra = tuple(g for g in os.getgrouplist(user.pw_name, gid) if g != gid)
-    return RunAs(uid=user.pw_uid, gid=gid, extra_groups=extra, user=user.pw_name)
+    key_uids = None
+    if config.key_uid_base is not None:
+        if config.run_as_group is None:
+            raise ConfigError(
+                "process.key_uid_base: needs process.run_as_group, the group that every key's uid shares"
+            )
+        key_uids = (config.key_uid_base, config.key_uid_count)
+    return RunAs(uid=user.pw_uid, gid=gid, extra_groups=extra, user=user.pw_name, key_uids=key_uids)
+
+
+def resolve_cgroups(config: ProcessConfig) -> CommandCgroups | None:
+    """The command cgroups ``process.cgroup_root`` asks for, checked at start-up (``ConfigError``)."""
+    limits = Limits(memory_bytes=config.max_memory_bytes, tasks=config.max_tasks, cpus=config.max_cpus)
+    return CommandCgroups.configured(config.cgroup_root, limits)
 
 
 @dataclass
@@ -73,20 +93,50 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-async def _terminate_group(proc: asyncio.subprocess.Process) -> None:
-    """SIGTERM the whole group, SIGKILL it after a grace period."""
-    _signal_group(proc.pid, signal.SIGTERM)
+@dataclass
+class _Command:
+    """A started command: its process, and the cgroup that holds it and all it starts, if any."""
+
+    proc: asyncio.subprocess.Process
+    cgroup: Path | None = None
+    cgroups: CommandCgroups | None = None
+
+    def signal(self, sig: signal.Signals) -> None:
+        _signal_group(self.proc.pid, sig)
+        if self.cgroup is not None:
+            CommandCgroups.signal(self.cgroup, sig)
+
+    def kill(self) -> None:
+        _signal_group(self.proc.pid, signal.SIGKILL)
+        if self.cgroup is not None:
+            CommandCgroups.kill(self.cgroup)
+
+    async def release(self) -> None:
+        """Kill whatever the command left in its cgroup (daemons too) and remove the cgroup."""
+        if self.cgroup is None:
+            return
+        CommandCgroups.kill(self.cgroup)
+        deadline = time.monotonic() + KILL_GRACE_SECONDS
+        # Polled: the kernel reports a cgroup emptied only through cgroup.events (inotify), and the
+        # killed processes are gone within milliseconds.
+        while not CommandCgroups.try_remove(self.cgroup) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+
+async def _terminate_group(command: _Command) -> None:
+    """SIGTERM the whole group (and cgroup), SIGKILL it after a grace period."""
+    command.signal(signal.SIGTERM)
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), KILL_GRACE_SECONDS)
-    _signal_group(proc.pid, signal.SIGKILL)
-    await proc.wait()
+        await asyncio.wait_for(command.proc.wait(), KILL_GRACE_SECONDS)
+    command.kill()
+    await command.proc.wait()
 
 
-async def _kill_now(proc: asyncio.subprocess.Process) -> None:
+async def _kill_now(command: _Command) -> None:
     """SIGKILL the whole group at once (the request was cancelled) and reap the process."""
-    _signal_group(proc.pid, signal.SIGKILL)
+    command.kill()
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), KILL_GRACE_SECONDS)
+        await asyncio.wait_for(command.proc.wait(), KILL_GRACE_SECONDS)
 
 
 def _environment(ctx: Context, extra: dict[str, Any]) -> dict[str, str]:
@@ -108,6 +158,64 @@ def _environment(ctx: Context, extra: dict[str, Any]) -> dict[str, str]:
     env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8", "HOME": ctx.workspace.root}
     env.update(extra)
     return env
+
+
+#: Run by /bin/sh in front of a gated command: wait for the gateway's word on stdin (a pipe), then
+#: give the command /dev/null as stdin and become it. EOF (the gateway went away) runs nothing.
+_GATE = 'read -r _ || exit 125; exec </dev/null; exec "$@"'
+
+
+async def _identity(ctx: Context) -> dict[str, Any]:
+    """Who the command runs as: the configured user, or the calling key's own uid in its group."""
+    run_as = ctx.run_as
+    if run_as is None:
+        return {}
+    if run_as.key_uids is None:
+        return {"user": run_as.uid, "group": run_as.gid, "extra_groups": list(run_as.extra_groups)}
+    base, count = run_as.key_uids
+    number = await ctx.db.run(functools.partial(store.key_number, name=ctx.key_name))
+    if number >= count:
+        raise CapabilityFailed(
+            "execution_failed",
+            f"key {ctx.key_name!r} is number {number}, past the {count} uids of process.key_uid_count",
+            recovery=[("ask_operator", "ask the operator to raise process.key_uid_count")],
+        )
+    # No supplementary groups: the workspace group is what every key's commands share, and all.
+    return {"user": base + number, "group": run_as.gid, "extra_groups": []}
+
+
+def _check_program(program: str, cwd: WorkspacePath, path: str) -> None:
+    """Behind the gate, /bin/sh starts whatever the name is: say here, as exec would, if it is not there."""
+    found = shutil.which(program, path=path) if "/" not in program else os.path.join(cwd.real, program)
+    if found is None or not os.path.exists(found):
+        raise CapabilityFailed(
+            "not_found",
+            f"{program} does not exist",
+            recovery=[("check_command", "check the program name and cwd (a directory under /workspace)")],
+            details={"path": program},
+        )
+    if not os.access(found, os.X_OK):
+        raise CapabilityFailed(
+            "permission_denied", f"permission denied starting {program}", details={"command": program}
+        )
+
+
+def _has_rlimits(limits: ProcessConfig) -> bool:
+    return limits.max_memory_bytes is not None or limits.max_tasks is not None
+
+
+def _apply_rlimits(ctx: Context, pid: int, limits: ProcessConfig) -> None:
+    """Without cgroups: per-process limits, weaker (a process's own, or its uid's, not its tree's)."""
+    settings = [
+        (resource.RLIMIT_AS, limits.max_memory_bytes),
+        (resource.RLIMIT_NPROC, limits.max_tasks),
+    ]
+    for which, value in settings:
+        if value is not None:
+            try:
+                resource.prlimit(pid, which, (value, value))
+            except PermissionError:  # another uid, and no CAP_SYS_RESOURCE
+                ctx.log.warning("process.run: cannot set resource limits on pid %d (no cgroups)", pid)
 
 
 async def _run(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -132,18 +240,22 @@ async def _run(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
         )
     timeout = min(float(timeout), limits.max_timeout)
 
-    kwargs: dict[str, Any] = {}
-    if ctx.run_as is not None:
-        kwargs = {
-            "user": ctx.run_as.uid,
-            "group": ctx.run_as.gid,
-            "extra_groups": list(ctx.run_as.extra_groups),
-        }
+    kwargs = await _identity(ctx)
+    cgroups = ctx.cgroups
+    # A command that gets a cgroup or limits waits, before it runs anything, until it has them: a
+    # command that forked at once could otherwise leave a child outside its cgroup.
+    gated = cgroups is not None or _has_rlimits(limits)
+    gate_read = gate_write = -1
+    spawn_argv = argv
+    if gated:
+        _check_program(argv[0], cwd, env["PATH"])
+        gate_read, gate_write = os.pipe()
+        spawn_argv = ["/bin/sh", "-c", _GATE, "kruxos-run", *argv]
     started = time.monotonic()
     spawn = asyncio.ensure_future(
         asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
+            *spawn_argv,
+            stdin=gate_read if gated else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             cwd=cwd.real,
@@ -152,12 +264,13 @@ async def _run(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
             **kwargs,
         )
     )
+    proc: asyncio.subprocess.Process | None = None
     try:
         # Shielded: if the request is cancelled mid-spawn, the process must still be found and killed.
         proc = await asyncio.shield(spawn)
     except asyncio.CancelledError:
         with contextlib.suppress(Exception):
-            await _kill_now(await spawn)
+            await _kill_now(_Command(await spawn))
         raise
     except FileNotFoundError as exc:
         missing = cwd.agent if exc.filename == cwd.real else argv[0]
@@ -175,7 +288,38 @@ async def _run(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
         ) from None
     except OSError as exc:
         raise CapabilityFailed("execution_failed", f"cannot start {argv[0]}: {exc.strerror or exc}") from None
+    finally:
+        if gated:
+            os.close(gate_read)
+            if proc is None:  # nothing to let go: a child that did start reads EOF and runs nothing
+                os.close(gate_write)
 
+    command = _Command(proc)
+    if gated:
+        try:
+            if cgroups is not None:
+                command.cgroup = cgroups.create()
+                cgroups.add(command.cgroup, proc.pid)
+            else:
+                _apply_rlimits(ctx, proc.pid, limits)
+            os.write(gate_write, b"go\n")
+        except BaseException:
+            await _kill_now(command)
+            await command.release()
+            raise
+        finally:
+            os.close(gate_write)
+    try:
+        return await _supervise(command, limits, timeout, started)
+    finally:
+        await command.release()
+
+
+async def _supervise(
+    command: _Command, limits: ProcessConfig, seconds: float, started: float
+) -> dict[str, Any]:
+    """Collect the output of a started command until it ends or its timeout kills it."""
+    proc = command.proc
     assert proc.stdout is not None
     assert proc.stderr is not None
     out, err = _Capture(limits.max_output_bytes), _Capture(limits.max_output_bytes)
@@ -184,17 +328,17 @@ async def _run(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
     timed_out = False
     try:
         # Done when the process has exited and every holder of its stdout/stderr has closed them.
-        _, pending = await asyncio.wait([exited, *readers], timeout=timeout)
+        _, pending = await asyncio.wait([exited, *readers], timeout=seconds)
         if pending:
             timed_out = True
-            await _terminate_group(proc)
+            await _terminate_group(command)
             _, pending = await asyncio.wait(readers, timeout=KILL_GRACE_SECONDS)
             for task in pending:  # a descendant that left the group still holds a pipe
                 task.cancel()
     except asyncio.CancelledError:
         for task in [exited, *readers]:
             task.cancel()
-        await _kill_now(proc)
+        await _kill_now(command)
         raise
     return {
         "exit_code": proc.returncode,
