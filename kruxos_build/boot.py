@@ -161,9 +161,24 @@ def command(
     ]
 
 
-def wait_for_ssh(port: int, deadline: float) -> None:
-    """Until sshd's banner answers on the forwarded port (QEMU accepts connections before sshd runs)."""
+class GuestPanicked(Exception):
+    """The guest's kernel panicked while booting (the serial console says so)."""
+
+
+#: What the kernel prints when it panics. Under TCG with two vCPUs, QEMU occasionally breaks the
+#: kernel's early code patching (an int3 "Oops" in a timer function, then this, in the first two
+#: seconds): an emulator fault, not the image's, which the next boot does not repeat.
+PANIC = b"Kernel panic - not syncing"
+
+
+def wait_for_ssh(port: int, deadline: float, serial_log: Path | None = None) -> None:
+    """Until sshd's banner answers on the forwarded port (QEMU accepts connections before sshd runs).
+
+    With ``serial_log``, a kernel panic on the console ends the wait at once (``GuestPanicked``).
+    """
     while time.monotonic() < deadline:
+        if serial_log is not None and serial_log.exists() and PANIC in serial_log.read_bytes():
+            raise GuestPanicked(f"the guest's kernel panicked; its console is in {serial_log}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
                 s.settimeout(5)

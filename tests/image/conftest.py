@@ -135,18 +135,27 @@ def release_tree(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def booted(
     image: Path, appliance: description.Description, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Booted]:
-    with boot.running(image, guest_gateway_port=appliance.gateway.port) as vm:
-        try:
-            boot.wait_for_ssh(vm.ports.ssh, vm.started + BOOT_DEADLINE)
-        except TimeoutError:
-            console = vm.serial_log.read_text(errors="replace")[-4000:]
-            pytest.fail(f"no SSH within {BOOT_DEADLINE:.0f}s; serial console ends:\n{console}")
-        yield Booted(
-            vm=vm,
-            ssh_config=ssh_config_for(vm, tmp_path_factory.mktemp("ssh")),
-            gateway_port=appliance.gateway.port,
-            ssh_seconds=time.monotonic() - vm.started,
-        )
+    # One more boot if the kernel panics under emulation (boot.PANIC says why); never more, so an
+    # image that really panics still fails, with its console.
+    for attempt in (1, 2):
+        with boot.running(image, guest_gateway_port=appliance.gateway.port) as vm:
+            try:
+                boot.wait_for_ssh(vm.ports.ssh, vm.started + BOOT_DEADLINE, vm.serial_log)
+            except boot.GuestPanicked:
+                if attempt == 2:
+                    console = vm.serial_log.read_text(errors="replace")[-4000:]
+                    pytest.fail(f"the kernel panicked on both boots; serial console ends:\n{console}")
+                continue
+            except TimeoutError:
+                console = vm.serial_log.read_text(errors="replace")[-4000:]
+                pytest.fail(f"no SSH within {BOOT_DEADLINE:.0f}s; serial console ends:\n{console}")
+            yield Booted(
+                vm=vm,
+                ssh_config=ssh_config_for(vm, tmp_path_factory.mktemp("ssh")),
+                gateway_port=appliance.gateway.port,
+                ssh_seconds=time.monotonic() - vm.started,
+            )
+            return
 
 
 @pytest.fixture(scope="session")
