@@ -27,7 +27,6 @@ OVERLAY = "overlay"
 SDK_SOURCE = Path("sdk/python/kruxos")
 GATEWAY_SOURCE = Path("gateway/kruxos_gateway")
 DEFAULT_POLICY_SOURCE = GATEWAY_SOURCE / "default-policy.yaml"
-DEFAULT_KRUXOSCTL = "kruxos_gateway.cli:main"
 
 # Directory modes in the extra tree: copied over the image's own, so they must be right.
 _PRIVATE_DIRS = ("root", "root/.ssh")
@@ -56,14 +55,29 @@ def _environment(root: Path) -> jinja2.Environment:
 
 
 def kruxosctl_entry(root: Path) -> str:
-    """The ``kruxosctl`` console script of the gateway package ("module:function")."""
+    """The ``kruxosctl`` console script of the gateway package ("module:function").
+
+    No fallback: an image whose kruxosctl names a module that is not there would build and then fail
+    on the device, at the operator's first command.
+    """
     pyproject = root / "gateway" / "pyproject.toml"
     try:
-        scripts = tomllib.loads(pyproject.read_text())["project"]["scripts"]
-        entry = str(scripts["kruxosctl"])
-    except (OSError, KeyError, tomllib.TOMLDecodeError):
-        return DEFAULT_KRUXOSCTL
-    return entry if ":" in entry else DEFAULT_KRUXOSCTL
+        entry = str(tomllib.loads(pyproject.read_text())["project"]["scripts"]["kruxosctl"])
+    except OSError as exc:
+        raise BuildError(
+            f"cannot read {pyproject}: {exc.strerror}", hint="restore the gateway package"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise BuildError(f"{pyproject} is not valid TOML: {exc}") from None
+    except KeyError:
+        entry = ""
+    module, _, function = entry.partition(":")
+    if not module or not function:
+        raise BuildError(
+            f"{pyproject} declares no kruxosctl console script as module:function",
+            hint='add [project.scripts] kruxosctl = "kruxos_gateway.ctl:main"',
+        )
+    return entry
 
 
 def _package_version(root: Path, project: str, package_dir: Path) -> str | None:

@@ -148,6 +148,23 @@ def test_kruxosctl_runs_the_gateways_declared_entry_point(layout: Layout, valid:
     assert wrapper.startswith("#!/bin/sh\n")
 
 
+@pytest.mark.parametrize(
+    "scripts",
+    [
+        pytest.param("", id="no-scripts-table"),
+        pytest.param('[project.scripts]\nkruxosctl = "kruxos_gateway.ctl"\n', id="no-function"),
+    ],
+)
+def test_a_gateway_package_without_a_kruxosctl_entry_point_is_a_one_line_error(
+    tmp_path: Path, scripts: str
+) -> None:
+    (tmp_path / "gateway").mkdir()
+    (tmp_path / "gateway" / "pyproject.toml").write_text(f'[project]\nname = "kruxos-gateway"\n{scripts}')
+    with pytest.raises(BuildError, match=r"pyproject.toml declares no kruxosctl console script") as raised:
+        render.kruxosctl_entry(tmp_path)
+    assert raised.value.hint == 'add [project.scripts] kruxosctl = "kruxos_gateway.ctl:main"'
+
+
 def test_an_undefined_template_variable_is_a_one_line_error(
     layout: Layout, valid: dict[str, Any], tmp_path: Path
 ) -> None:
