@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pkgutil
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,11 +29,15 @@ def _source_modules(source: Path, package: str) -> set[str]:
 
 @pytest.mark.parametrize(("project", "package"), PACKAGES)
 def test_the_wheel_holds_and_imports_every_module(tmp_path: Path, project: str, package: str) -> None:
-    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    wheels, target, source = tmp_path / "wheels", tmp_path / "site", tmp_path / "source"
+    # Built from a copy: an in-tree build leaves build/ and *.egg-info/ in the repository.
+    shutil.copytree(
+        ROOT / project, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+    )
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     # No build isolation and no index: the wheel is built with this environment's setuptools, offline.
     subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", wheels, ROOT / project],
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", wheels, source],
         check=True,
         capture_output=True,
     )
