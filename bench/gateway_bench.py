@@ -17,7 +17,11 @@ and every client in this one:
                  often), so the gateway serves ``100 * AGENT_RATE`` invocations per second; latency
                  is measured per invocation.
 
-Targets (issue #2): invoke x1 >= 0.5x echo; invoke x64 >= 2x invoke x1; p99 with 100 agents <= 20 ms.
+5. ``fair read``  one agent's ``filesystem.read`` while another agent keeps 8 slow network requests
+                 and 2 writers of 200 kB persistent values going.
+
+Targets (issue #2): invoke x1 >= 0.5x echo; invoke x64 >= 2x invoke x1; p99 with 100 agents <= 20 ms;
+(issue #11) p99 of the fair read <= 50 ms.
 It prints PASS or MISS beside each, and exits 1 when a target is missed.
 
 The first three are ratios, so they are measured interleaved: ``ROUNDS`` rounds of echo, invoke x1
@@ -63,6 +67,35 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+# Answers every request slowly: headers at once, then one body byte every 0.1 s for 3 s.
+SLOW_SERVER = """
+import asyncio
+
+async def answer(reader, writer):
+    try:
+        await reader.readuntil(b"\\r\\n\\r\\n")
+        writer.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: 30\\r\\nConnection: close\\r\\n\\r\\n")
+        for _ in range(30):
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+
+async def main():
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+
+asyncio.run(main())
+"""
+NOISY_REQUESTS = 8  # slow network requests the noisy agent keeps in flight
+NOISY_WRITERS = 2  # and large persistent-state writes
+LARGE_VALUE = "x" * 200_000
 
 
 @dataclass
@@ -140,11 +173,17 @@ async def main(quick: bool) -> int:
         (root / "workspace").mkdir()
         (root / "state").mkdir()
         config = root / "gateway.yaml"
+        # Everything allowed (the fairness run's slow server is on loopback, which needs
+        # network.allow_addresses; the shipped policy would ask for approval of its unknown host).
+        (root / "policy.yaml").write_text("version: 1\ndefault: allow\n")
+        (root / "workspace" / "small.txt").write_text("a small file\n")
         config.write_text(
             f"listen: {{host: 127.0.0.1, port: 0}}\nstate_dir: {root / 'state'}\n"
             f"workspace: {{root: {root / 'workspace'}}}\nlimits: {{max_in_flight: 64}}\n"
+            f"policy: {{file: {root / 'policy.yaml'}}}\nnetwork: {{allow_addresses: [127.0.0.0/8]}}\n"
         )
         key = await asyncio.to_thread(create_key, config, "bench")
+        noisy_key = await asyncio.to_thread(create_key, config, "noisy")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         gateway = start_process(
             [
@@ -160,6 +199,7 @@ async def main(quick: bool) -> int:
             stderr=subprocess.DEVNULL,
         )
         echo = start_process([sys.executable, "-c", ECHO_SERVER], stdout=subprocess.PIPE)
+        slow = start_process([sys.executable, "-c", SLOW_SERVER], stdout=subprocess.PIPE)
         try:
             port = wait_for_file(root / "port", gateway)
             assert echo.stdout is not None
@@ -192,8 +232,11 @@ async def main(quick: bool) -> int:
                 echo_run, one, many = combined(echo_runs), combined(one_runs), combined(many_runs)
 
             agents_run = await hundred_agents(host, key, seconds=10 * scale)
+            assert slow.stdout is not None
+            slow_url = f"http://127.0.0.1:{slow.stdout.readline().strip()}/"
+            fair = await fairness(host, key, noisy_key, slow_url, seconds=max(4.0, 10 * scale))
         finally:
-            for process in (gateway, echo):
+            for process in (gateway, echo, slow):
                 process.terminate()
                 process.wait(timeout=30)
 
@@ -201,7 +244,7 @@ async def main(quick: bool) -> int:
         f"websockets {websockets.__version__}, Python {sys.version.split()[0]}, loopback, 1 connection unless"
         f" said, no compression; echo, x1 and x64 interleaved in {ROUNDS} rounds"
     )
-    for run in (echo_run, one, many, agents_run):
+    for run in (echo_run, one, many, agents_run, fair):
         print(run.row())
     # Not the targets (those are the totals above), but shows whether one disturbed round skewed them.
     rounds = list(zip(echo_runs, one_runs, many_runs, strict=True))
@@ -212,6 +255,7 @@ async def main(quick: bool) -> int:
         ("invoke x1 / echo", one.rate / echo_run.rate, ">=", 0.5),
         ("invoke x64 / invoke x1", many.rate / one.rate, ">=", 2.0),
         (f"p99 ms, 100 agents at {AGENT_RATE:g}/s each", agents_run.percentile(0.99), "<=", 20.0),
+        ("p99 ms, one agent's read beside a noisy one", fair.percentile(0.99), "<=", 50.0),
     ]
     missed = 0
     for label, value, op, target in checks:
@@ -219,6 +263,41 @@ async def main(quick: bool) -> int:
         missed += not ok
         print(f"{label:<40} {value:>8.2f}  target {op} {target:<5g} {'PASS' if ok else 'MISS'}")
     return 1 if missed else 0
+
+
+async def fairness(host: str, key: str, noisy_key: str, slow_url: str, seconds: float) -> Run:
+    """One agent's ``filesystem.read`` while another keeps slow network requests and large state
+    writes going (issue #11: they used to share one small thread pool and the database thread)."""
+    latencies: list[float] = []
+    async with (
+        KruxOS.connect_async(host, api_key=key) as victim,
+        KruxOS.connect_async(host, api_key=noisy_key) as noisy,
+    ):
+        deadline = time.perf_counter() + seconds
+
+        async def slow_requests() -> None:
+            while time.perf_counter() < deadline:
+                await noisy.capabilities.invoke("network.http_request", url=slow_url, timeout=10)
+
+        async def large_writes(n: int) -> None:
+            while time.perf_counter() < deadline:
+                await noisy.state.persistent.set(f"bench.large.{n}", LARGE_VALUE)
+
+        async def reads() -> None:
+            await asyncio.sleep(0.5)  # the noise first
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                await victim.capabilities.invoke("filesystem.read", path="/workspace/small.txt")
+                latencies.append(time.perf_counter() - t0)
+                await asyncio.sleep(0.01)
+
+        started = time.perf_counter()
+        await asyncio.gather(
+            *(slow_requests() for _ in range(NOISY_REQUESTS)),
+            *(large_writes(n) for n in range(NOISY_WRITERS)),
+            reads(),
+        )
+    return Run("fair read", len(latencies), time.perf_counter() - started, latencies)
 
 
 async def hundred_agents(host: str, key: str, seconds: float, agents: int = 100) -> Run:
