@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,17 +139,6 @@ def test_limits_are_written_to_the_commands_cgroup(cgroup_root: Path) -> None:
                 assert (path / name).read_text().strip() == expected
     finally:
         assert cgroups.try_remove(path)
-
-
-@pytest.fixture
-def shared_tmp() -> Iterator[Path]:
-    """A directory every uid can enter (pytest's tmp_path is private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="kruxos-key-uids-"))
-    try:
-        path.chmod(0o755)
-        yield path
-    finally:
-        shutil.rmtree(path)
 
 
 @pytest.mark.asyncio

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -134,17 +132,6 @@ async def test_unusable_inputs_are_refused_before_running(
     assert frame["type"] == "error"
     assert frame["error"]["type"] == "invalid_input"
     assert frame["error"]["details"] == {"input": bad_input}
-
-
-@pytest.fixture
-def shared_tmp() -> Iterator[Path]:
-    """A directory every user can enter (pytest's tmp_path is private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="kruxos-run-as-"))
-    try:
-        path.chmod(0o755)
-        yield path
-    finally:
-        shutil.rmtree(path)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
