@@ -18,11 +18,12 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from . import store
+from . import ctl_approvals, store
+from .cli_output import CtlError, error_line, print_table
 from .config import DEFAULT_CONFIG_PATH, load_config
 from .errors import ConfigError
 from .logs import escape
@@ -31,15 +32,6 @@ from .pidfile import signal_gateway
 PROG = "kruxosctl"
 KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 FOLLOW_INTERVAL = 0.5
-
-
-class CtlError(Exception):
-    """A failure to report as one line: what failed, and a hint for what to do."""
-
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,8 +75,6 @@ def _parser() -> argparse.ArgumentParser:
 
     alerts = commands.add_parser("alerts", help="show the last alerts")
     alerts.add_argument("-n", type=int, default=20, help="how many alerts (default 20)")
-
-    from . import ctl_approvals  # imports this module: loaded only once it is complete
 
     ctl_approvals.add_parsers(commands)
     return parser
@@ -172,14 +162,6 @@ def _show_new_key(name: str, key: str, output: TextIO | None, done: str) -> None
     else:
         print(key)
         print(f"{done} key {name!r}; it is shown only once: store it now", file=sys.stderr)
-
-
-def print_table(rows: Sequence[Sequence[str]]) -> None:
-    """Print ``rows`` (the first is the header) in aligned columns, every cell escaped."""
-    rows = [[escape(cell) for cell in row] for row in rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def _keys_list(conn: sqlite3.Connection) -> None:
@@ -270,8 +252,6 @@ def run(args: argparse.Namespace) -> None:
     output = _open_output(args.output) if getattr(args, "output", None) else None
     _drop_privileges(config.state_dir)
     if args.command in ("policy", "approvals"):
-        from . import ctl_approvals
-
         if args.command == "policy":
             ctl_approvals.run_policy(config, args)
             return
@@ -308,14 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     except CtlError as exc:
         if args.debug:
             raise
-        hint = f"; hint: {exc.hint}" if exc.hint else ""
-        print(escape(f"{PROG}: error: {exc.message}{hint}"), file=sys.stderr)
+        print(error_line(PROG, exc.message, exc.hint), file=sys.stderr)
         return 2
     except Exception as exc:
         if args.debug:
             raise
         print(
-            escape(f"{PROG}: error: {type(exc).__name__}: {exc}; hint: rerun with --debug for details"),
+            error_line(PROG, f"{type(exc).__name__}: {exc}", "rerun with --debug for details"),
             file=sys.stderr,
         )
         return 2
@@ -323,8 +302,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # ``python -m kruxos_gateway.ctl``: run the package's module, not this copy named __main__, so that
-    # ctl_approvals raises the same CtlError class that main() catches.
-    from kruxos_gateway import ctl
-
-    sys.exit(ctl.main())
+    sys.exit(main())

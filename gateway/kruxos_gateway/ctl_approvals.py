@@ -24,8 +24,8 @@ from pathlib import Path
 
 from . import approvals_store
 from .capabilities import default_registry
+from .cli_output import CtlError, print_table
 from .config import GatewayConfig
-from .ctl import CtlError, print_table
 from .errors import GatewayError
 from .logs import escape
 from .pidfile import PIDFILE, signal_gateway
