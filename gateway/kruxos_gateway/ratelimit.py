@@ -87,6 +87,10 @@ class ConnectionGate:
         self._per_address[address] = from_address + 1
         return None
 
+    def is_full(self, address: str) -> bool:
+        """Whether a new connection from ``address`` is refused for the number already waiting."""
+        return self.count >= self.total or self._per_address.get(address, 0) >= self.per_address
+
     def release(self, address: str) -> None:
         """A connection counted for ``address`` authenticated or ended."""
         self.count -= 1

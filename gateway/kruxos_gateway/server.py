@@ -25,6 +25,7 @@ import secrets
 import time
 import urllib.parse
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -63,6 +64,12 @@ def _peer(transport: asyncio.BaseTransport) -> str:
     return str(peer[0]) if peer else "unknown"
 
 
+#: Seconds a connection has for its handshake before a newcomer from a full address may take its
+#: place. On the device every local agent connects from 127.0.0.1: without this, one agent holding
+#: that address's quota of idle connections would keep every other local agent out.
+EVICTION_GRACE = 1.0
+
+
 @dataclass
 class _Admission:
     """One server's gate for connections not yet authenticated, and the log of what it refuses."""
@@ -70,13 +77,25 @@ class _Admission:
     gate: ConnectionGate
     refused: int = 0
     logged_at: float = -math.inf
+    # The connections counted in the gate, longest-waiting first, with their address and arrival.
+    waiting: OrderedDict[_Connection, tuple[str, float]] = field(default_factory=OrderedDict)
 
-    def admit(self, transport: asyncio.BaseTransport) -> str | None:
-        """The peer's address if this new connection may go on to its handshake, else ``None``."""
+    def admit(self, connection: _Connection, transport: asyncio.BaseTransport) -> str | None:
+        """The peer's address if this new connection may go on to its handshake, else ``None``.
+
+        When the gate is full for its address, the longest-waiting connection that has had
+        ``EVICTION_GRACE`` for its handshake (from that address, or from any when all are full) is
+        closed to make room: a handshake on the device takes milliseconds, so only a connection
+        held open without one is ever closed this way.
+        """
         address = _peer(transport)
         sock = transport.get_extra_info("socket")
-        reason = self.gate.admit(address, sock.fileno() if sock is not None else -1)
+        descriptor = sock.fileno() if sock is not None else -1
+        reason = self.gate.admit(address, descriptor)
+        if reason is not None and self.gate.is_full(address) and self._evict_stale(address):
+            reason = self.gate.admit(address, descriptor)
         if reason is None:
+            self.waiting[connection] = (address, time.monotonic())
             return address
         self.refused += 1
         now = time.monotonic()
@@ -89,6 +108,18 @@ class _Admission:
             )
             self.refused, self.logged_at = 0, now
         return None
+
+    def _evict_stale(self, address: str) -> bool:
+        only_this_address = self.gate.total > self.gate.count  # the address is full, not the gate
+        now = time.monotonic()
+        for connection, (from_address, since) in self.waiting.items():
+            if now - since < EVICTION_GRACE:
+                return False  # oldest first: every one after it is younger
+            if only_this_address and from_address != address:
+                continue
+            connection.evict()
+            return True
+        return False
 
 
 class _Connection(ServerConnection):
@@ -123,7 +154,7 @@ class _Connection(ServerConnection):
     # --- admission --------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        address = self.admission.admit(transport)
+        address = self.admission.admit(self, transport)
         if address is None:
             # Closed before websockets sees it: no handshake task, no timeout, nothing logged per
             # connection, and its descriptor is free again at once.
@@ -146,7 +177,13 @@ class _Connection(ServerConnection):
     def _leave_gate(self) -> None:
         if self._unauthenticated_from is not None:
             self.admission.gate.release(self._unauthenticated_from)
+            self.admission.waiting.pop(self, None)
             self._unauthenticated_from = None
+
+    def evict(self) -> None:
+        """Close a connection that waited too long for its handshake, to make room for another."""
+        self._leave_gate()
+        self.transport.abort()
 
     # --- sending, with backpressure ----------------------------------------------------------
 

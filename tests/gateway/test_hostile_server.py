@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 from kruxos_gateway import db as db_module
-from kruxos_gateway import store
+from kruxos_gateway import server, store
 from kruxos_gateway.db import Database
 from kruxos_gateway.ratelimit import ConnectionGate
 from websockets.asyncio.client import ClientConnection, connect
@@ -414,3 +415,23 @@ async def test_an_input_holding_a_lone_surrogate_still_gets_its_answer(gateway: 
         frame = await client.invoke("no.such\udc00capability")
         assert frame["error"]["type"] == "unknown_capability"
         assert "no.such" in frame["error"]["message"]
+
+
+@pytest.mark.asyncio
+async def test_idle_connections_from_the_agents_own_address_do_not_keep_other_agents_out(
+    tmp_path: Path,
+) -> None:
+    # On the device every local agent connects from 127.0.0.1: one that holds that address's quota of
+    # idle connections must not lock the others out until the handshake timeout.
+    config = make_config(tmp_path, limits={"max_unauthenticated_per_address": 4, "handshake_timeout": 60})
+    async with running_gateway(config) as gateway:
+        idle = [await asyncio.open_connection("127.0.0.1", gateway.port) for _ in range(4)]
+        try:
+            await asyncio.sleep(server.EVICTION_GRACE + 0.2)
+            started = time.monotonic()
+            async with gateway.client() as client:
+                assert (await client.result("filesystem.list"))["success"]
+            assert time.monotonic() - started < timeout(2)
+        finally:
+            for _, writer in idle:
+                writer.close()
