@@ -336,3 +336,56 @@ def test_a_daemon_started_by_a_command_does_not_outlive_it(host: Host) -> None:
         time.sleep(0.2)
     assert host.run("pgrep -f 'sleep 3007'").rc == 1
     assert host.check_output("ls /sys/fs/cgroup/system.slice/kruxos-gateway.service").count("cmd-") == 0
+
+
+def test_an_agent_cannot_make_a_setuid_program_in_the_workspace(host: Host) -> None:
+    # Its commands cannot set the bit (the unit's RestrictSUIDSGID= reaches them), and a write over a
+    # setuid file the operator left there drops it.
+    host.check_output("install -m 4755 /usr/bin/cat /workspace/operator-cat")
+    script = (
+        "from kruxos import KruxOS\n"
+        f"with KruxOS.connect(api_key='{admin_key(host)}') as agent:\n"
+        "    copy = 'cp /usr/bin/cat cat && chmod 4755 cat'\n"
+        "    ran = agent.capabilities.invoke('process.run', command=copy)\n"
+        "    print('chmod exit', ran.data['exit_code'])\n"
+        "    wrote = agent.capabilities.invoke('filesystem.write', path='operator-cat', content='x')\n"
+        "    wrote.raise_for_error()\n"
+    )
+    host.check_output(f"cat > /root/setuid.py <<'EOF'\n{script}EOF")
+    out = host.check_output(f"timeout {timeout(60):.0f} bash -lc 'python3 /root/setuid.py'")
+    assert out != "chmod exit 0", out
+    for path in ("/workspace/cat", "/workspace/operator-cat"):
+        assert not host.file(path).mode & 0o7000, path
+
+
+def test_failed_handshakes_from_the_device_do_not_lock_out_a_valid_key(host: Host) -> None:
+    script = (
+        "from kruxos import KruxOS, AuthenticationError, KruxOSError\n"
+        "for _ in range(15):\n"
+        "    try:\n"
+        "        KruxOS.connect(api_key='0' * 64).disconnect()\n"
+        "    except KruxOSError:\n"
+        "        pass\n"
+        f"with KruxOS.connect(api_key='{admin_key(host)}') as agent:\n"
+        "    print(agent.capabilities.invoke('filesystem.list', path='/workspace').success)\n"
+    )
+    host.check_output(f"cat > /root/lockout.py <<'EOF'\n{script}EOF")
+    assert host.check_output(f"timeout {timeout(90):.0f} bash -lc 'python3 /root/lockout.py'") == "True"
+
+
+def test_idle_connections_without_a_key_leave_room_for_authenticated_agents(host: Host) -> None:
+    script = (
+        "import socket, time\n"
+        "from kruxos import KruxOS\n"
+        "idle = [socket.create_connection(('127.0.0.1', 7700)) for _ in range(400)]\n"
+        "time.sleep(1.5)  # idle for longer than a handshake takes: they give way to the agent\n"
+        f"with KruxOS.connect(api_key='{admin_key(host)}') as agent:\n"
+        "    ran = agent.capabilities.invoke('process.run', command='true')\n"
+        "    print(ran.success, agent.capabilities.invoke('filesystem.list', path='/workspace').success)\n"
+        "for s in idle:\n"
+        "    s.close()\n"
+    )
+    host.check_output(f"cat > /root/idle.py <<'EOF'\n{script}EOF")
+    out = host.check_output(f"timeout {timeout(120):.0f} bash -lc 'ulimit -n 4096; python3 /root/idle.py'")
+    assert out == "True True", out
+    assert host.service("kruxos-gateway").is_running
