@@ -159,6 +159,18 @@ class StateConfig(_Section):
     max_transaction_snapshot_bytes: PositiveInt = 1_073_741_824
 
 
+class QuotasConfig(_Section):
+    # What one API key may hold at once, over all its connections; session bytes are per connection
+    # (docs/gateway.md, *Agent state*, Quotas). Past one: quota_exceeded.
+    connections: PositiveInt = 64
+    persistent_keys: PositiveInt = 10_000
+    persistent_bytes: PositiveInt = 67_108_864
+    shared_keys: PositiveInt = 10_000
+    shared_bytes: PositiveInt = 67_108_864
+    session_bytes_per_connection: PositiveInt = 16_777_216
+    transaction_snapshot_bytes: PositiveInt = 268_435_456
+
+
 class GatewayConfig(_Section):
     listen: ListenConfig = ListenConfig()
     state_dir: Path = Path("/var/lib/kruxos")
@@ -169,6 +181,7 @@ class GatewayConfig(_Section):
     process: ProcessConfig = ProcessConfig()
     network: NetworkConfig = NetworkConfig()
     state: StateConfig = StateConfig()
+    quotas: QuotasConfig = QuotasConfig()
     policy: PolicyConfig = PolicyConfig()
 
     @property

@@ -27,6 +27,17 @@ job writes them one by one instead: one row that cannot be written loses no othe
 statement is a moment where the thread takes the GIL back from the event loop, and on a busy gateway
 that handover, not SQLite, is what the loop waits for: one job per batch instead of one per row halves
 the cost of an invocation (bench/gateway_bench.py).
+
+**Reads.** :meth:`Database.read` runs a function on one of a few reader threads instead, each with a
+connection of its own opened ``PRAGMA query_only``: WAL lets readers go on while the writer writes and
+commits, so a read (a key's lookup at the handshake, ``state.shared.get``, a watch's replay) never waits
+behind another agent's writes. Each read is one read transaction, so it sees one consistent state, and
+it sees every write acknowledged before it began (acks come after the commit). It does not see writes
+still held or queued, submitted ones included: a read that must follow its own submitted writes goes
+through :meth:`run` instead.
+
+**Rollbacks.** A batch whose commit fails is lost whole; :meth:`on_rollback` registers what must forget
+state it derived from that batch (``state.quotas.Usage``), called on the thread right after the rollback.
 """
 
 from __future__ import annotations
@@ -53,6 +64,8 @@ MAX_BATCH = 256
 SUBMIT_DELAY = 0.005
 # The savepoint each job of a batch runs in: a job that raises is rolled back to it alone.
 _JOB_SAVEPOINT = "job"
+# Reader threads (each with its own read-only connection): a slow read (a large list) holds up one.
+READERS = 2
 
 
 @dataclass
@@ -120,12 +133,16 @@ def _job_of(item: _Job | _HeldRows[Any]) -> _Job:
 class Database:
     """The gateway's database, served by one dedicated thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, readers: int = READERS) -> None:
         self.path = path
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._open_error: BaseException | None = None
+        self._readers = readers
+        self._reads: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._reader_threads: list[threading.Thread] = []
+        self._on_rollback: list[Callable[[], None]] = []
         # Submitted jobs and rows not yet handed to the thread, how many, and the timer that will hand
         # them over.
         self._held: list[_Job | _HeldRows[Any]] = []
@@ -138,7 +155,23 @@ class Database:
         self._thread.start()
         self._ready.wait()
         if self._open_error is not None:
+            self._thread.join()
+            self._thread = None
             raise self._open_error
+        # After the writer: it has created the schema the readers read.
+        try:
+            connections = [store.connect_read_only(self.path) for _ in range(self._readers)]
+        except BaseException:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
+            raise
+        for n, conn in enumerate(connections):
+            thread = threading.Thread(
+                target=self._read_loop, args=(conn,), name=f"kruxos-db-read-{n}", daemon=True
+            )
+            thread.start()
+            self._reader_threads.append(thread)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(connection)`` on the database thread; return its result once it is committed."""
@@ -149,6 +182,23 @@ class Database:
         self._hand_over()
         self._jobs.put(_Job(fn, future, loop))
         return await future
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` in one read transaction on a reader thread; return its result.
+
+        The connection is read-only (``PRAGMA query_only``). The read sees every write committed
+        before it began, and no write held or queued at that moment (see *Reads* above).
+        """
+        if not self._reader_threads:
+            raise RuntimeError("database not started")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._reads.put(_Job(fn, future, loop))
+        return await future
+
+    def on_rollback(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` on the database thread whenever a batch fails to commit (it is lost)."""
+        self._on_rollback.append(callback)
 
     def submit(self, fn: Callable[[sqlite3.Connection], object]) -> None:
         """Queue ``fn(connection)`` without waiting; a failure is logged, not raised."""
@@ -201,6 +251,11 @@ class Database:
             self._jobs.put(None)
             await asyncio.to_thread(self._thread.join)
             self._thread = None
+        readers, self._reader_threads = self._reader_threads, []
+        for _ in readers:
+            self._reads.put(None)  # after the reads queued so far: those are answered first
+        for thread in readers:
+            await asyncio.to_thread(thread.join)
 
     def _run(self) -> None:
         try:
@@ -235,8 +290,23 @@ class Database:
             batch.append(job)
         return batch, False
 
-    @staticmethod
-    def _execute(conn: sqlite3.Connection, batch: list[_Job]) -> None:
+    def _read_loop(self, conn: sqlite3.Connection) -> None:
+        try:
+            while (job := self._reads.get()) is not None:
+                try:
+                    conn.execute("BEGIN")  # deferred: a read transaction from the first SELECT on
+                    try:
+                        job.result = job.fn(conn)
+                    finally:
+                        conn.execute("ROLLBACK")  # nothing to keep: the connection is query_only
+                except BaseException as exc:
+                    job.error = exc
+                if job.future is not None and job.loop is not None:
+                    _resolve(job.loop, job.future, job.result, job.error)
+        finally:
+            conn.close()
+
+    def _execute(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:
@@ -255,6 +325,11 @@ class Database:
             log.error("database commit failed, %d operation(s) lost: %s", len(batch), exc)
             for job in batch:
                 job.result, job.error = None, exc
+            for callback in self._on_rollback:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("a database rollback callback failed")
         for job in batch:
             if job.future is None or job.loop is None:
                 if job.error is not None:

@@ -16,7 +16,8 @@ Every class carries the wire ``type`` it becomes, so the protocol core turns any
     ├── PolicyDenied                   policy_denied (reserved for the policy engine)
     ├── ApprovalRequired               approval_required (reserved for approvals)
     ├── CapabilityFailed               the capability ran and failed (not_found, too_large, …)
-    │   └── PathOutsideWorkspace       path_outside_workspace
+    │   ├── PathOutsideWorkspace       path_outside_workspace
+    │   └── QuotaExceeded              quota_exceeded (a per-key quota, ``quotas.*``)
     └── InternalError                  internal_error
 
     ConfigError                        a bad configuration file (start-up only; not a wire error)
@@ -163,6 +164,27 @@ class PathOutsideWorkspace(CapabilityFailed):
             ],
             details={"path": path},
         )
+
+
+class QuotaExceeded(CapabilityFailed):
+    """What the API key holds would go past one of its quotas (``quotas.NAME`` in the configuration).
+
+    ``details`` name the quota (``quotas.NAME``), what the key uses now and the limit; the recovery says
+    how to make room, and that the operator can raise the quota. Raised by a capability it is a failed
+    result; raised by a method (``transaction.invoke``) or at the handshake, an error.
+    """
+
+    def __init__(self, quota: str, message: str, *, used: int, limit: int, fix: str, **details: Any) -> None:
+        super().__init__(
+            "quota_exceeded",
+            message,
+            recovery=[
+                ("make_room", fix),
+                ("ask_operator", f"ask the operator to raise quotas.{quota} in the gateway's configuration"),
+            ],
+            details={"quota": f"quotas.{quota}", "used": used, "limit": limit, **details},
+        )
+        self.quota = quota
 
 
 class InternalError(GatewayError):

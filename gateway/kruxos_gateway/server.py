@@ -7,7 +7,11 @@ What a client can hold is bounded here. Before its key is checked: a few connect
 per address, ``ratelimit.ConnectionGate``), each refused the moment it is accepted past the limits.
 After: ``max_in_flight`` requests, each counted until its answer has been written out, and about
 ``max_queued_bytes`` of frames waiting in the transport. A client that stops reading stops being
-read (backpressure), and after ``idle_timeout`` without reading anything it is dropped.
+read (backpressure), and after ``idle_timeout`` without reading anything it is dropped. Each key has at
+most ``quotas.connections`` connections open (a handshake past it gets 429 ``quota_exceeded``).
+
+The handshake only reads the database (on a reader, ``db.Database.read``): the key's ``last_used_at``
+is submitted without waiting, so no handshake waits behind other agents' writes.
 """
 
 from __future__ import annotations
@@ -147,6 +151,8 @@ class _Connection(ServerConnection):
         # The address this connection counts for in the gate, until it authenticates or ends.
         self._unauthenticated_from: str | None = None
         self._refused = False
+        # Gives back the key's connection slot (quotas.connections) once, when the connection ends.
+        self.release_key_slot: Callable[[], None] | None = None
         self._send_lock = asyncio.Lock()
         # Since when the transport holds more than max_queued_bytes (None: it does not).
         self.write_blocked_since: float | None = None
@@ -168,6 +174,9 @@ class _Connection(ServerConnection):
         if self._refused:
             return
         self._leave_gate()
+        release, self.release_key_slot = self.release_key_slot, None
+        if release is not None:
+            release()
         super().connection_lost(exc)
 
     def authenticated(self) -> None:
@@ -338,6 +347,10 @@ class GatewayServer:
             weakref.WeakKeyDictionary()
         )
         self._live: set[_Live] = set()
+        # Connections per key name, from the handshake that let them in until they end (quotas.connections).
+        self._connections_per_key: dict[str, int] = {}
+        # Handshakes refused for that quota since the last log line about it, and when that was.
+        self._quota_refusals: dict[str, tuple[int, float]] = {}
         self._check_revocations = asyncio.Event()
         self._revocation_watch: asyncio.Task[None] | None = None
 
@@ -435,9 +448,67 @@ class GatewayServer:
         if isinstance(key, Response):
             return self._failed_handshake(address, key)
         assert isinstance(connection, _Connection)
+        refusal = self._take_key_slot(connection, key.name)
+        if refusal is not None:
+            return refusal
         connection.authenticated()
         self._authenticated[connection] = key
         return None
+
+    def _take_key_slot(self, connection: _Connection, name: str) -> Response | None:
+        """Count ``connection`` for its key until it ends; the 429 to send if the key has no slot left.
+
+        The key is valid: this is not a failed handshake, and the failed-handshake limiter does not
+        count it.
+        """
+        limit = self.config.quotas.connections
+        used = self._connections_per_key.get(name, 0)
+        if used >= limit:
+            self._log_quota_refusal(name, used)
+            info = ErrorInfo(
+                type="quota_exceeded",
+                message=f"the API key {name!r} already has {used} connections open, its quota of {limit} "
+                "(quotas.connections)",
+                recovery=[
+                    RecoveryAction(
+                        action="make_room", description="close a connection of this key, then connect again"
+                    ),
+                    RecoveryAction(
+                        action="ask_operator",
+                        description="ask the operator to raise quotas.connections in the gateway's "
+                        "configuration",
+                    ),
+                ],
+                details={"quota": "quotas.connections", "used": used, "limit": limit},
+            )
+            return _json_response(HTTPStatus.TOO_MANY_REQUESTS, {"error": info.model_dump(mode="json")})
+        self._connections_per_key[name] = used + 1
+        connection.release_key_slot = functools.partial(self._release_key_slot, name)
+        return None
+
+    def _log_quota_refusal(self, name: str, used: int) -> None:
+        """A warning for the key, at most one per REFUSAL_LOG_INTERVAL: a key that keeps trying must
+        not become a flood of log lines."""
+        refused, logged_at = self._quota_refusals.get(name, (0, -math.inf))
+        now = time.monotonic()
+        if now - logged_at < REFUSAL_LOG_INTERVAL:
+            self._quota_refusals[name] = (refused + 1, logged_at)
+            return
+        log.warning(
+            "refused %d handshake(s) of key %s since the last such line: it has %d connections open, "
+            "its quota (quotas.connections)",
+            refused + 1,
+            name,
+            used,
+        )
+        self._quota_refusals[name] = (0, now)
+
+    def _release_key_slot(self, name: str) -> None:
+        left = self._connections_per_key.get(name, 1) - 1
+        if left > 0:
+            self._connections_per_key[name] = left
+        else:
+            self._connections_per_key.pop(name, None)
 
     async def _authenticate(self, request: Request, address: str) -> store.LiveKey | Response:
         """The live key the request carries, or the refusal to send if it carries none.
@@ -465,7 +536,11 @@ class GatewayServer:
                 "fix_header",
                 "send exactly one header: Authorization: Bearer <64 lowercase hex characters>",
             )
-        key = await self.db.run(functools.partial(store.authenticate, key=match.group(1)))
+        # A read (db.Database.read): no handshake waits behind other agents' writes. Its use is
+        # recorded off the handshake's path, in one statement with the handshakes around it.
+        key = await self.db.read(functools.partial(store.find_key, key=match.group(1)))
+        if key is not None:
+            self.db.submit_row(store.record_key_uses, (key.id, store.now()))
         if key is None:
             log.info("refused handshake from %s: invalid or revoked API key", address)
             return _refusal(
@@ -635,7 +710,7 @@ class GatewayServer:
         live = list(self._live)
         if not live:
             return 0
-        revoked = await self.db.run(functools.partial(store.revoked_among, key_ids=[c.key_id for c in live]))
+        revoked = await self.db.read(functools.partial(store.revoked_among, key_ids=[c.key_id for c in live]))
         doomed = [c for c in live if c.key_id in revoked]
         for conn in doomed:
             log.warning(

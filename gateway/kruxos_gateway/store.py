@@ -86,6 +86,22 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def connect_read_only(path: Path) -> sqlite3.Connection:
+    """A connection to the database at ``path`` (already created by :func:`connect`) that only reads.
+
+    ``db.Database`` reads on these beside its one writer: in WAL mode a reader neither waits for the
+    writer nor holds it up, and sees what was committed when its read transaction began.
+    """
+    conn = sqlite3.connect(path, timeout=5.0, check_same_thread=False, isolation_level=None)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA query_only=ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def _schema_parts() -> tuple[str, ...]:
     """The core tables, then those of the features that keep theirs in their own modules."""
     # Imported here, not at the top: both modules import this one.
@@ -206,16 +222,35 @@ class LiveKey(NamedTuple):
     name: str
 
 
-def authenticate(conn: sqlite3.Connection, key: str) -> LiveKey | None:
-    """The live key ``key``, recording its use; ``None`` if unknown or revoked."""
+def find_key(conn: sqlite3.Connection, key: str) -> LiveKey | None:
+    """The live key ``key``; ``None`` if unknown or revoked. Only reads (the gateway's handshake)."""
     digest = hash_key(key)
     row = conn.execute(
         "SELECT id, name, key_hash, revoked_at FROM keys WHERE key_hash = ?", (digest,)
     ).fetchone()
     if row is None or row["revoked_at"] is not None or not hmac.compare_digest(row["key_hash"], digest):
         return None
-    conn.execute("UPDATE keys SET last_used_at = ? WHERE id = ?", (now(), row["id"]))
     return LiveKey(int(row["id"]), str(row["name"]))
+
+
+def record_key_uses(conn: sqlite3.Connection, uses: Sequence[tuple[int, str]]) -> None:
+    """Record that the keys ``(id, when)`` were used (``last_used_at``), the newest time winning.
+
+    The gateway submits one row per handshake without waiting (``db.Database.submit_row``): rows of
+    handshakes close together are written by one job, off the handshake's path.
+    """
+    conn.executemany(
+        "UPDATE keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+        [(when, key_id, when) for key_id, when in uses],
+    )
+
+
+def authenticate(conn: sqlite3.Connection, key: str) -> LiveKey | None:
+    """The live key ``key``, recording its use; ``None`` if unknown or revoked."""
+    found = find_key(conn, key)
+    if found is not None:
+        record_key_uses(conn, [(found.id, now())])
+    return found
 
 
 # How often the gateway checks its open connections' keys even without a SIGUSR1 from `kruxosctl keys

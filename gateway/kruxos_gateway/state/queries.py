@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import store
+from .quotas import Usage, value_size
 
 
 def dump(value: Any) -> str:
@@ -43,10 +44,36 @@ class Version:
         }
 
 
+def _current_size(conn: sqlite3.Connection, owner: str, key: str) -> int | None:
+    """The bytes of the current (newest live) value of ``owner``'s ``key``; None if it has none."""
+    row = conn.execute(
+        "SELECT length(CAST(value AS BLOB)) FROM state_persistent WHERE owner = ? AND key = ?"
+        " AND reverted = 0 ORDER BY version DESC LIMIT 1",
+        (owner, key),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
 def persistent_set(
-    conn: sqlite3.Connection, owner: str, key: str, value: str, session_id: str, keep: int
+    conn: sqlite3.Connection,
+    owner: str,
+    key: str,
+    value: str,
+    session_id: str,
+    keep: int,
+    usage: Usage | None = None,
 ) -> Version:
-    """Write a new version of ``owner``'s ``key``; keep the newest ``keep`` version numbers."""
+    """Write a new version of ``owner``'s ``key``; keep the newest ``keep`` version numbers.
+
+    With ``usage``, refused with ``QuotaExceeded`` (nothing written) if it would take ``owner`` past
+    its persistent quotas.
+    """
+    if usage is not None:
+        held = usage.persistent(conn, owner)  # before this write, which it would otherwise include
+        old = _current_size(conn, owner, key)
+        keys = held.keys + (old is None)
+        size = held.bytes - (old or 0) + value_size(value)
+        usage.check("persistent", owner, key, held, keys, size)
     last = conn.execute(
         "SELECT max(version) FROM state_persistent WHERE owner = ? AND key = ?", (owner, key)
     ).fetchone()[0]
@@ -61,6 +88,8 @@ def persistent_set(
         "DELETE FROM state_persistent WHERE owner = ? AND key = ? AND version <= ?",
         (owner, key, version - keep),
     )
+    if usage is not None:
+        held.keys, held.bytes = keys, size
     return Version(key, version, load(value), ts)
 
 
@@ -103,12 +132,24 @@ def persistent_list(conn: sqlite3.Connection, owner: str, prefix: str) -> list[V
     return [Version(r["key"], r["version"], load(r["value"]), r["updated_at"]) for r in rows]
 
 
-def persistent_revert(conn: sqlite3.Connection, owner: str, key: str, version: int) -> bool:
-    """Undo one version (a transaction rolled back); its number is not reused."""
+def persistent_revert(
+    conn: sqlite3.Connection, owner: str, key: str, version: int, usage: Usage | None = None
+) -> bool:
+    """Undo one version (a transaction rolled back); its number is not reused.
+
+    The key's current value becomes its newest version left (or none): ``usage`` is updated to match,
+    never refused (undoing must not fail on a quota).
+    """
+    held = usage.persistent(conn, owner) if usage is not None else None
+    before = _current_size(conn, owner, key)
     cursor = conn.execute(
         "UPDATE state_persistent SET reverted = 1 WHERE owner = ? AND key = ? AND version = ?",
         (owner, key, version),
     )
+    if held is not None:
+        after = _current_size(conn, owner, key)
+        held.keys += (after is not None) - (before is not None)
+        held.bytes += (after or 0) - (before or 0)
     return cursor.rowcount > 0
 
 
@@ -169,16 +210,32 @@ def shared_write(
     expected: int | None,
     by: str,
     keep: int,
+    usage: Usage | None = None,
+    enforce: bool = True,
 ) -> Change | Conflict:
     """Read, check ``expected`` and write in one job: the linearization point of a shared write.
 
     ``value`` None deletes (a tombstone). ``expected`` None writes unconditionally; 0 means "only if
-    the key is absent". Versions of a key only grow, also across a delete and re-create.
+    the key is absent". Versions of a key only grow, also across a delete and re-create. With
+    ``usage``, a write that would take ``by`` past its shared quotas is refused with ``QuotaExceeded``
+    (after the version check; nothing written) unless ``enforce`` is false (a rollback putting back
+    what was there). The key then counts for ``by``, no longer for the API key that wrote it before.
     """
     row = shared_get(conn, key)
     current = visible_version(row)
     if expected is not None and expected != current:
         return Conflict(key, expected, current)
+    if usage is not None:
+        mine = usage.shared(conn, by)
+        live = row if row is not None and not row["deleted"] else None
+        old_size = value_size(live["value"]) if live is not None else 0
+        previous = str(live["updated_by"]) if live is not None else None
+        new_size = 0 if value is None else value_size(value)
+        keys, size = mine.keys + (value is not None), mine.bytes + new_size
+        if previous == by:
+            keys, size = keys - 1, size - old_size
+        if enforce:
+            usage.check("shared", by, key, mine, keys, size)
     version = (int(row["version"]) if row is not None else 0) + 1
     ts = store.now()
     deleted = value is None
@@ -197,6 +254,11 @@ def shared_write(
     )
     if revision % min(256, keep) == 0:  # trim now and then, not on every write
         conn.execute("DELETE FROM state_shared_log WHERE revision <= ?", (revision - keep,))
+    if usage is not None:
+        if previous is not None and previous != by:
+            theirs = usage.shared(conn, previous)
+            theirs.keys, theirs.bytes = theirs.keys - 1, theirs.bytes - old_size
+        mine.keys, mine.bytes = keys, size
     return Change(key, load(value), version, revision, deleted, ts, by)
 
 

@@ -28,6 +28,7 @@ from ..protocol import parse_params
 from . import briefing, queries
 from .limits import check_key, check_prefix, encode_value
 from .queries import Change, Conflict
+from .quotas import Usage
 from .session import SessionStore
 from .shared import SharedBackend, SqliteShared, Subscription, WatchHub
 from .transactions import (
@@ -86,11 +87,19 @@ class StateService:
         self.gateway = gateway
         self.config = gateway.config.state
         self.db = gateway.db
-        self.sessions = SessionStore(self.config)
+        quotas = gateway.config.quotas
+        self.sessions = SessionStore(self.config, quotas)
         self.hub = WatchHub()
-        self.shared: SharedBackend = SqliteShared(gateway.db, self.config.shared_history, self.hub.publish)
+        # What each key holds in persistent and shared state, kept by the write jobs (state/quotas.py).
+        self.usage = Usage(quotas)
+        gateway.db.on_rollback(self.usage.clear)
+        self.shared: SharedBackend = SqliteShared(
+            gateway.db, self.config.shared_history, self.hub.publish, self.usage
+        )
         self.transactions = Transactions(
-            gateway.config.state_dir / "transactions", self.config.max_transaction_snapshot_bytes
+            gateway.config.state_dir / "transactions",
+            self.config.max_transaction_snapshot_bytes,
+            quotas.transaction_snapshot_bytes,
         )
         for capability in self._capabilities():
             gateway.registry.add(capability)
@@ -182,7 +191,7 @@ class StateService:
 
     async def begin(self, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
         parse_params(BeginParams, params, "transaction.begin")
-        tx = self.transactions.begin(caller.session_id)
+        tx = self.transactions.begin(caller.session_id, caller.key_name)
         return {"transaction_id": tx.id, "status": tx.status}
 
     async def transaction_invoke(self, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
@@ -264,6 +273,7 @@ class StateService:
                             owner=tx.key_name,
                             key=data["key"],
                             version=data["version"],
+                            usage=self.usage,
                         )
                     )
                     return []
@@ -290,7 +300,9 @@ class StateService:
         if before is None:
             return [f"shared key {key!r}: its previous value is no longer kept; left at version {version}"]
         existed, value = before
-        outcome = await self.shared.write(key, queries.dump(value) if existed else None, version, by)
+        outcome = await self.shared.write(
+            key, queries.dump(value) if existed else None, version, by, undo=True
+        )
         if isinstance(outcome, Conflict):
             return [
                 f"shared key {key!r}: changed by someone else since (now version {outcome.current}); "
@@ -500,6 +512,7 @@ class StateService:
                 value=text,
                 session_id=ctx.session_id,
                 keep=self.config.persistent_history,
+                usage=self.usage,
             )
         )
         return version.to_wire()
@@ -509,7 +522,9 @@ class StateService:
         check_key(key, self.config)
         if wanted is not None and wanted < 1:
             raise InvalidInput("version", "versions start at 1", "pass a version of at least 1, or omit it")
-        found = await self.db.run(
+        # Reads go to a reader (db.Database.read): they never wait behind other keys' writes, and see
+        # every write acknowledged before them.
+        found = await self.db.read(
             functools.partial(queries.persistent_get, owner=ctx.key_name, key=key, version=wanted)
         )
         if found is None:
@@ -521,14 +536,14 @@ class StateService:
         check_key(key, self.config)
         if limit < 1:
             raise InvalidInput("limit", "limit must be at least 1", "pass a limit of 1 or more")
-        versions = await self.db.run(
+        versions = await self.db.read(
             functools.partial(queries.persistent_history, owner=ctx.key_name, key=key, limit=limit)
         )
         return {"key": key, "versions": [v.to_wire() for v in versions]}
 
     async def _persistent_list(self, ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
         check_prefix(inputs["prefix"], self.config)
-        rows = await self.db.run(
+        rows = await self.db.read(
             functools.partial(queries.persistent_list, owner=ctx.key_name, prefix=inputs["prefix"])
         )
         return {"keys": [r.key for r in rows]}
@@ -572,6 +587,8 @@ class StateService:
         return _shared_wire(outcome)
 
     async def _briefing(self, ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
+        # On the writer, not a reader: a briefing is built from records submitted without waiting
+        # (file events, watched prefixes), which only a job queued after them is sure to see.
         report = await self.db.run(
             functools.partial(briefing.build, owner=ctx.key_name, session_id=ctx.session_id)
         )

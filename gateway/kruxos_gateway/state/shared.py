@@ -6,9 +6,11 @@ per-key version, watches that resume from a revision, compaction that makes old 
 unavailable), so an etcd implementation can replace it when agents span several appliances.
 
 Ordering: every write is one job on the database thread (read, check ``expected_version``, write), so
-writes are linearizable and revisions are assigned in commit order. Each committed change is handed to
-:class:`WatchHub` through a reorder buffer that releases revisions strictly in sequence, so a watch
-sees every change once, in revision order, whatever order the writers' coroutines resume in.
+writes are linearizable and revisions are assigned in commit order. Reads (``get``, ``replay``,
+``value_at``) run on a reader thread (``db.Database.read``): they see every change committed before
+they began, and never wait behind writes. Each committed change is handed to :class:`WatchHub`
+through a reorder buffer that releases revisions strictly in sequence, so a watch sees every change
+once, in revision order, whatever order the writers' coroutines resume in.
 """
 
 from __future__ import annotations
@@ -20,7 +22,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .queries import Change, Conflict, Replay, load, shared_get, shared_head, shared_replay, shared_write
+from .queries import (
+    Change,
+    Conflict,
+    Replay,
+    load,
+    shared_get,
+    shared_head,
+    shared_log_value,
+    shared_replay,
+    shared_write,
+)
+from .quotas import Usage
 
 if TYPE_CHECKING:
     from ..db import Database
@@ -61,9 +74,13 @@ class SharedBackend(Protocol):
     async def get(self, key: str) -> Current: ...
 
     async def write(
-        self, key: str, value_json: str | None, expected: int | None, by: str
+        self, key: str, value_json: str | None, expected: int | None, by: str, *, undo: bool = False
     ) -> Change | Conflict:
-        """Write (``value_json`` None: delete) if the key's version is ``expected`` (None: always)."""
+        """Write (``value_json`` None: delete) if the key's version is ``expected`` (None: always).
+
+        Charged to ``by``'s quotas, and refused past them (``QuotaExceeded``) unless it is the ``undo``
+        of a rolled-back transaction, which puts back what was there and must not fail on a quota.
+        """
         ...
 
     async def head(self) -> int:
@@ -80,10 +97,13 @@ class SharedBackend(Protocol):
 class SqliteShared:
     """:class:`SharedBackend` on the gateway's SQLite database."""
 
-    def __init__(self, db: Database, keep: int, listener: Callable[[Change], None]) -> None:
+    def __init__(
+        self, db: Database, keep: int, listener: Callable[[Change], None], usage: Usage | None = None
+    ) -> None:
         self._db = db
         self._keep = keep
         self._listener = listener
+        self._usage = usage  # charges each write to its writer's shared quotas (state/quotas.py)
         self._head: int | None = None
         self._head_lock = asyncio.Lock()
         self._pending: dict[int, Change] = {}
@@ -92,14 +112,16 @@ class SqliteShared:
         if self._head is None:
             async with self._head_lock:
                 if self._head is None:
-                    self._head = await self._db.run(shared_head)
+                    # No write is queued before this is known (write() waits for it), so what the
+                    # reader sees is every revision there is.
+                    self._head = await self._db.read(shared_head)
         return self._head
 
     async def head(self) -> int:
         return await self._ready()
 
     async def get(self, key: str) -> Current:
-        row = await self._db.run(functools.partial(shared_get, key=key))
+        row = await self._db.read(functools.partial(shared_get, key=key))
         if row is None or row["deleted"]:
             return Current(key, False, None, 0, int(row["revision"]) if row else 0, None, None)
         return Current(
@@ -113,13 +135,20 @@ class SqliteShared:
         )
 
     async def write(
-        self, key: str, value_json: str | None, expected: int | None, by: str
+        self, key: str, value_json: str | None, expected: int | None, by: str, *, undo: bool = False
     ) -> Change | Conflict:
         await self._ready()
         job = asyncio.ensure_future(
             self._db.run(
                 functools.partial(
-                    shared_write, key=key, value=value_json, expected=expected, by=by, keep=self._keep
+                    shared_write,
+                    key=key,
+                    value=value_json,
+                    expected=expected,
+                    by=by,
+                    keep=self._keep,
+                    usage=self._usage,
+                    enforce=not undo,
                 )
             )
         )
@@ -149,12 +178,10 @@ class SqliteShared:
                 log.exception("a shared-state listener failed on revision %d", nxt.revision)
 
     async def replay(self, prefix: str, after: int, upto: int) -> Replay:
-        return await self._db.run(functools.partial(shared_replay, prefix=prefix, after=after, upto=upto))
+        return await self._db.read(functools.partial(shared_replay, prefix=prefix, after=after, upto=upto))
 
     async def value_at(self, key: str, version: int) -> tuple[bool, Any] | None:
-        from .queries import shared_log_value
-
-        return await self._db.run(functools.partial(shared_log_value, key=key, version=version))
+        return await self._db.read(functools.partial(shared_log_value, key=key, version=version))
 
 
 # --- watches ------------------------------------------------------------------------------------

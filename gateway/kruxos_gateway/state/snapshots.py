@@ -11,11 +11,12 @@ import contextlib
 import os
 import shutil
 import stat
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..capabilities._fs_ops import remove_at
-from ..errors import GatewayError
+from ..errors import GatewayError, QuotaExceeded
 from ..workspace import Workspace
 
 #: Permission bits a snapshot records and puts back: never setuid, setgid or sticky. A directory
@@ -61,19 +62,56 @@ def top_missing(ws: Workspace, agent_path: str) -> str:
     return highest
 
 
+class KeyBudget:
+    """Snapshot bytes one API key holds across all its open transactions, on every connection
+    (``quotas.transaction_snapshot_bytes``). Charged from the snapshot threads, so it takes a lock."""
+
+    def __init__(self, key_name: str, limit: int) -> None:
+        self.key_name = key_name
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def charge(self, budget: Budget, size: int) -> int | None:
+        """Take ``size`` bytes for the transaction of ``budget``; if that would go past the limit, take
+        nothing and return the use now. A transaction already ended takes nothing (a snapshot thread
+        can outlive the connection that waited for it)."""
+        with self._lock:
+            if budget.closed:
+                return None
+            if self.used + size > self.limit:
+                return self.used
+            self.used += size
+            budget.held += size
+            return None
+
+    def release(self, budget: Budget) -> None:
+        """The transaction of ``budget`` ended: give back what it held."""
+        with self._lock:
+            self.used -= budget.held
+            budget.held = 0
+            budget.closed = True
+
+
 @dataclass
 class Budget:
-    """Bytes a transaction may still copy into snapshots (``state.max_transaction_snapshot_bytes``)."""
+    """Bytes a transaction may still copy into snapshots (``state.max_transaction_snapshot_bytes``),
+    and its key's budget over all its transactions (``quotas.transaction_snapshot_bytes``), of which
+    it holds ``held`` until it ends (``transactions.Transactions``)."""
 
     remaining: int
+    key: KeyBudget | None = None
+    held: int = 0
+    closed: bool = False
 
 
 class _Copy:
     """Copies one tree out of the workspace by descriptor, counting bytes against a budget."""
 
-    def __init__(self, agent: str, budget: int) -> None:
+    def __init__(self, agent: str, budget: int, whole: Budget | None = None) -> None:
         self.agent = agent
         self.budget = budget
+        self.whole = whole
         self.copied = 0
         self.entries: dict[str, Entry] = {}
 
@@ -139,6 +177,23 @@ class _Copy:
                 f" ({self.budget})",
                 "change large trees outside a transaction, or in several smaller transactions",
             )
+        whole = self.whole
+        if whole is None or whole.key is None:
+            return
+        key = whole.key
+        used = key.charge(whole, size)
+        if used is not None:
+            raise QuotaExceeded(
+                "transaction_snapshot_bytes",
+                f"{self.agent} needs {size} more bytes of snapshots, and the open transactions of the "
+                f"API key {key.key_name!r} already hold {used} of its quota of {key.limit} "
+                "(quotas.transaction_snapshot_bytes)",
+                used=used,
+                limit=key.limit,
+                fix="commit or roll back your other open transactions first, or change large trees "
+                "outside a transaction",
+                path=self.agent,
+            )
 
 
 def _pump(src: int, dst: int, charge: _Copy | None = None) -> None:
@@ -164,7 +219,7 @@ def _refuse(agent: str, why: str, fix: str) -> GatewayError:
 def take(ws: Workspace, agent_path: str, into: Path, budget: Budget) -> Snapshot:
     """Record what ``agent_path`` is now (copying its bytes under ``into``, charged to ``budget``)."""
     agent = ws.agent_path(agent_path)
-    copy = _Copy(agent, budget.remaining)
+    copy = _Copy(agent, budget.remaining, budget)
     try:
         with ws.locate(agent, follow_final=False) as loc:
             if loc.is_root:

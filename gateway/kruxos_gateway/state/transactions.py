@@ -88,7 +88,7 @@ def _fs_compensator(paths: Callable[[Workspace, dict[str, Any]], list[str]]) -> 
         try:
             taken = await asyncio.to_thread(snap_all)
         except GatewayError as exc:
-            if exc.error_type == "not_transactional":
+            if exc.error_type in ("not_transactional", "quota_exceeded"):
                 raise
             return Prepared()  # the path is invalid: the capability itself will fail the same way
 
@@ -147,15 +147,18 @@ class Transactions:
 
     MAX_OPEN_PER_SESSION = 16
 
-    def __init__(self, root: Path, max_snapshot_bytes: int) -> None:
+    def __init__(self, root: Path, max_snapshot_bytes: int, key_snapshot_bytes: int | None = None) -> None:
         self.root = root
         self.max_snapshot_bytes = max_snapshot_bytes
+        # quotas.transaction_snapshot_bytes: what the open transactions of one API key may hold in all.
+        self.key_snapshot_bytes = key_snapshot_bytes
+        self._key_budgets: dict[str, snapshots.KeyBudget] = {}
         self._open: dict[str, Transaction] = {}
         self._recorded = itertools.count()
         # Snapshots left by a gateway that stopped mid-transaction cannot be applied any more.
         shutil.rmtree(root, ignore_errors=True)
 
-    def begin(self, session_id: str) -> Transaction:
+    def begin(self, session_id: str, key_name: str | None = None) -> Transaction:
         if sum(1 for t in self._open.values() if t.session_id == session_id) >= self.MAX_OPEN_PER_SESSION:
             raise GatewayError(
                 f"this connection already has {self.MAX_OPEN_PER_SESSION} open transactions",
@@ -163,8 +166,17 @@ class Transactions:
                 recovery=[("finish_transactions", "commit or roll back a transaction first")],
             )
         tx_id = "tx_" + secrets.token_hex(12)
+        key_budget = None
+        if key_name is not None and self.key_snapshot_bytes is not None:
+            key_budget = self._key_budgets.get(key_name)
+            if key_budget is None:  # kept once made: the snapshot threads of its transactions hold it
+                key_budget = snapshots.KeyBudget(key_name, self.key_snapshot_bytes)
+                self._key_budgets[key_name] = key_budget
         tx = Transaction(
-            tx_id, session_id, self.root / tx_id, budget=snapshots.Budget(self.max_snapshot_bytes)
+            tx_id,
+            session_id,
+            self.root / tx_id,
+            budget=snapshots.Budget(self.max_snapshot_bytes, key_budget),
         )
         tx.scratch.mkdir(parents=True, exist_ok=True)
         self._open[tx_id] = tx
@@ -230,3 +242,5 @@ class Transactions:
     def _forget(self, tx: Transaction) -> None:
         self._open.pop(tx.id, None)
         shutil.rmtree(tx.scratch, ignore_errors=True)
+        if tx.budget.key is not None:  # its snapshots are gone: its key may take that room again
+            tx.budget.key.release(tx.budget)

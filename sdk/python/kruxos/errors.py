@@ -10,7 +10,8 @@ All of them derive from :class:`KruxOSError`; no exception of a dependency (``we
     ├── GatewayConnectionError      no working connection to the gateway
     │   ├── GatewayUnavailable      unreachable, refused, handshake timeout, or draining (HTTP 503)
     │   ├── AuthenticationError     the gateway refused the API key (HTTP 401 / 400)
-    │   ├── RateLimited             too many failed handshakes from this address (HTTP 429)
+    │   ├── RateLimited             too many failed handshakes from this address, or this key has as
+    │   │                           many connections open as its quota allows (HTTP 429)
     │   └── ConnectionClosed        the connection closed (before or while a request was in flight)
     ├── ProtocolError               a frame broke the kruxos.v1 contract, on either side
     ├── RequestTimeout              no answer within ``request_timeout`` (also a builtin TimeoutError)
@@ -22,7 +23,8 @@ All of them derive from :class:`KruxOSError`; no exception of a dependency (``we
         ├── InvalidInput            an input is missing, unknown, or of the wrong type or value
         ├── PolicyDenied            a policy rule denied the invocation (``rule``)
         ├── ApprovalRequired        a person must approve the invocation first (``approval_id``)
-        └── VersionConflict         optimistic-lock failure on shared state
+        ├── VersionConflict         optimistic-lock failure on shared state
+        └── QuotaExceeded           a per-key quota of the gateway (``quota``, ``used``, ``limit``)
 
 ``invoke()`` *raises* the subclasses of :class:`CapabilityError` above when the gateway refused to run
 the invocation. When the capability ran and failed, ``invoke()`` returns a failed ``InvocationResult``
@@ -52,6 +54,7 @@ __all__ = [
     "KruxOSError",
     "PolicyDenied",
     "ProtocolError",
+    "QuotaExceeded",
     "RateLimited",
     "RequestTimeout",
     "TooManyRequests",
@@ -95,7 +98,10 @@ class AuthenticationError(GatewayConnectionError):
 
 
 class RateLimited(GatewayConnectionError):
-    """Too many failed handshakes came from this address; retry after ``retry_after`` seconds."""
+    """Too many failed handshakes from this address (or connections of this key); see ``retry_after``."""
+
+    # Also raised, without retry_after, when the key already has as many connections open as the
+    # gateway's quotas.connections allows (the message says so): close one first.
 
     def __init__(self, message: str, *, retry_after: float | None) -> None:
         self.retry_after = retry_after
@@ -244,6 +250,30 @@ class VersionConflict(CapabilityError):
     """Optimistic-lock failure on shared state: someone else wrote first; re-read and retry."""
 
 
+class QuotaExceeded(CapabilityError):
+    """The invocation would take this API key past a quota of the gateway (``quota``, ``used``, ``limit``)."""
+
+    # recovery says how to make room, or to ask the operator to raise the quota.
+
+    @property
+    def quota(self) -> str | None:
+        """The quota's name in the gateway's configuration, from ``details["quota"]``."""
+        value = self.details.get("quota")
+        return value if isinstance(value, str) else None
+
+    @property
+    def used(self) -> int | None:
+        """What the key holds now, from ``details["used"]``."""
+        value = self.details.get("used")
+        return value if isinstance(value, int) else None
+
+    @property
+    def limit(self) -> int | None:
+        """The quota, from ``details["limit"]``."""
+        value = self.details.get("limit")
+        return value if isinstance(value, int) else None
+
+
 # The one place where an error object from the gateway becomes an exception. Types not listed here
 # (the "ran and failed" types such as not_found, and types added by newer gateways) are CapabilityError.
 _PROTOCOL_TYPES = frozenset(
@@ -253,6 +283,7 @@ _CAPABILITY_TYPES: dict[str, type[CapabilityError]] = {
     "unknown_capability": UnknownCapability,
     "invalid_input": InvalidInput,
     "version_conflict": VersionConflict,
+    "quota_exceeded": QuotaExceeded,
 }
 
 
