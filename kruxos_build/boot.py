@@ -7,6 +7,8 @@ the baseline x86-64 CPU (see ``TCG_CPU``).
 from __future__ import annotations
 
 import functools
+import os
+import select
 import shutil
 import socket
 import subprocess
@@ -44,39 +46,54 @@ def _firmware() -> tuple[str, str]:
     raise BuildError("no UEFI firmware for QEMU (OVMF) found", hint="apt-get install ovmf")
 
 
+#: How long the KVM probe waits for the firmware to print on the serial console.
+KVM_PROBE_SECONDS = 10.0
+
+
 @functools.cache
 def kvm_works() -> bool:
-    """Whether KVM runs a guest here: the firmware must still be running after two seconds."""
+    """Whether KVM really runs a guest here: the firmware must print on its serial console.
+
+    ``/dev/kvm`` can exist and still be unable to run an ordinary guest (nested KVM without the
+    CPU features QEMU needs): then QEMU either gives up at once ("failed to set MSR") or hangs
+    without the firmware ever running. A QEMU still alive after a while is therefore no proof;
+    output from the firmware is.
+    """
     if not Path("/dev/kvm").exists() or shutil.which(QEMU) is None:
         return False
     code, _ = _firmware()
+    probe = subprocess.Popen(
+        [
+            QEMU,
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-machine",
+            "q35",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-m",
+            "128",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+            "-drive",
+            f"if=pflash,format=raw,readonly=on,file={code}",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert probe.stdout is not None
     try:
-        subprocess.run(
-            [
-                QEMU,
-                "-accel",
-                "kvm",
-                "-cpu",
-                "host",
-                "-machine",
-                "q35",
-                "-nodefaults",
-                "-display",
-                "none",
-                "-m",
-                "128",
-                "-no-reboot",
-                "-drive",
-                f"if=pflash,format=raw,readonly=on,file={code}",
-            ],
-            capture_output=True,
-            timeout=2,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return True  # still running the firmware after two seconds: KVM works
-    return False  # QEMU gave up at once (e.g. "failed to set MSR" on nested KVM): use TCG
+        ready, _, _ = select.select([probe.stdout], [], [], KVM_PROBE_SECONDS)
+        return bool(ready) and bool(os.read(probe.stdout.fileno(), 64))
+    finally:
+        probe.kill()
+        probe.wait()
+        probe.stdout.close()
 
 
 @dataclass(frozen=True)
@@ -162,23 +179,31 @@ def command(
 
 
 class GuestPanicked(Exception):
-    """The guest's kernel panicked while booting (the serial console says so)."""
+    """The guest's kernel panicked while booting, or its console stayed silent (emulator faults)."""
 
 
 #: What the kernel prints when it panics. Under TCG with two vCPUs, QEMU occasionally breaks the
 #: kernel's early code patching (an int3 "Oops" in a timer function, then this, in the first two
 #: seconds): an emulator fault, not the image's, which the next boot does not repeat.
 PANIC = b"Kernel panic - not syncing"
+SILENT_SECONDS = 120.0
 
 
 def wait_for_ssh(port: int, deadline: float, serial_log: Path | None = None) -> None:
     """Until sshd's banner answers on the forwarded port (QEMU accepts connections before sshd runs).
 
-    With ``serial_log``, a kernel panic on the console ends the wait at once (``GuestPanicked``).
+    With ``serial_log``, a kernel panic on the console ends the wait at once, and so does a console
+    still empty after ``SILENT_SECONDS`` (the firmware prints within seconds, even under TCG: a QEMU
+    that printed nothing is stuck): both ``GuestPanicked``.
     """
+    silent_until = time.monotonic() + SILENT_SECONDS
     while time.monotonic() < deadline:
-        if serial_log is not None and serial_log.exists() and PANIC in serial_log.read_bytes():
-            raise GuestPanicked(f"the guest's kernel panicked; its console is in {serial_log}")
+        if serial_log is not None and serial_log.exists():
+            console = serial_log.read_bytes()
+            if PANIC in console:
+                raise GuestPanicked(f"the guest's kernel panicked; its console is in {serial_log}")
+            if not console and time.monotonic() > silent_until:
+                raise GuestPanicked(f"nothing on the guest's console in {SILENT_SECONDS:g} s: QEMU is stuck")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
                 s.settimeout(5)

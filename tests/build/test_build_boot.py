@@ -24,3 +24,13 @@ def test_without_a_panic_the_wait_for_ssh_runs_to_its_deadline(tmp_path: Path) -
     console.write_bytes(b"[    1.61] pnp: PnP ACPI: found 5 devices\n")
     with pytest.raises(TimeoutError, match="SSH did not answer"):
         boot.wait_for_ssh(boot.free_port(), time.monotonic() + 1.5, console)
+
+
+def test_a_console_that_stays_silent_ends_the_wait_for_ssh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(boot, "SILENT_SECONDS", 0.5)
+    console = tmp_path / "serial.log"
+    console.write_bytes(b"")
+    with pytest.raises(boot.GuestPanicked, match="nothing on the guest's console"):
+        boot.wait_for_ssh(boot.free_port(), time.monotonic() + 30, console)

@@ -135,8 +135,8 @@ def release_tree(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def booted(
     image: Path, appliance: description.Description, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Booted]:
-    # One more boot if the kernel panics under emulation (boot.PANIC says why); never more, so an
-    # image that really panics still fails, with its console.
+    # One more boot if the kernel panics under emulation or QEMU prints nothing at all (boot.PANIC,
+    # boot.SILENT_SECONDS say why); never more, so an image that really fails still fails.
     for attempt in (1, 2):
         with boot.running(image, guest_gateway_port=appliance.gateway.port) as vm:
             try:
@@ -144,7 +144,7 @@ def booted(
             except boot.GuestPanicked:
                 if attempt == 2:
                     console = vm.serial_log.read_text(errors="replace")[-4000:]
-                    pytest.fail(f"the kernel panicked on both boots; serial console ends:\n{console}")
+                    pytest.fail(f"the guest failed to boot twice; serial console ends:\n{console}")
                 continue
             except TimeoutError:
                 console = vm.serial_log.read_text(errors="replace")[-4000:]
