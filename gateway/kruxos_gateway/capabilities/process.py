@@ -184,20 +184,28 @@ async def _identity(ctx: Context) -> dict[str, Any]:
     return {"user": base + number, "group": run_as.gid, "extra_groups": []}
 
 
+def _not_found(missing: str) -> CapabilityFailed:
+    return CapabilityFailed(
+        "not_found",
+        f"{missing} does not exist",
+        recovery=[("check_command", "check the program name and cwd (a directory under /workspace)")],
+        details={"path": missing},
+    )
+
+
+def _cannot_start(program: str) -> CapabilityFailed:
+    return CapabilityFailed(
+        "permission_denied", f"permission denied starting {program}", details={"command": program}
+    )
+
+
 def _check_program(program: str, cwd: WorkspacePath, path: str) -> None:
     """Behind the gate, /bin/sh starts whatever the name is: say here, as exec would, if it is not there."""
     found = shutil.which(program, path=path) if "/" not in program else os.path.join(cwd.real, program)
     if found is None or not os.path.exists(found):
-        raise CapabilityFailed(
-            "not_found",
-            f"{program} does not exist",
-            recovery=[("check_command", "check the program name and cwd (a directory under /workspace)")],
-            details={"path": program},
-        )
+        raise _not_found(program)
     if not os.access(found, os.X_OK):
-        raise CapabilityFailed(
-            "permission_denied", f"permission denied starting {program}", details={"command": program}
-        )
+        raise _cannot_start(program)
 
 
 def _has_rlimits(limits: ProcessConfig) -> bool:
@@ -273,19 +281,11 @@ async def _run(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
             await _kill_now(_Command(await spawn))
         raise
     except FileNotFoundError as exc:
-        missing = cwd.agent if exc.filename == cwd.real else argv[0]
-        raise CapabilityFailed(
-            "not_found",
-            f"{missing} does not exist",
-            recovery=[("check_command", "check the program name and cwd (a directory under /workspace)")],
-            details={"path": missing},
-        ) from None
+        raise _not_found(cwd.agent if exc.filename == cwd.real else argv[0]) from None
     except NotADirectoryError:
         raise CapabilityFailed("not_a_directory", f"cwd {cwd.agent} is not a directory") from None
     except PermissionError:
-        raise CapabilityFailed(
-            "permission_denied", f"permission denied starting {argv[0]}", details={"command": argv[0]}
-        ) from None
+        raise _cannot_start(argv[0]) from None
     except OSError as exc:
         raise CapabilityFailed("execution_failed", f"cannot start {argv[0]}: {exc.strerror or exc}") from None
     finally:
