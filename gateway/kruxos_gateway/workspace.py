@@ -186,15 +186,6 @@ class Workspace:
             return VIRTUAL_ROOT
         return VIRTUAL_ROOT + "/" + os.path.relpath(real, self.root)
 
-    def verify_fd(self, fd: int, agent: str) -> None:
-        """Re-check after opening: the descriptor must refer to a file inside the root."""
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:  # no /proc: the descriptor-relative walk is the remaining guard
-            return
-        if not self.contains(target):
-            raise PathOutsideWorkspace(agent)
-
     def link_parts(self, target: str) -> list[str] | None:
         """The components, from the root, of an absolute symlink target; ``None`` if outside the root.
 
