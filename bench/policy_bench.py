@@ -4,7 +4,7 @@
     .venv-sdk/bin/python bench/policy_bench.py [--quick]
 
 Both gateways run in this process on the same database and workspace and serve the same invocation
-(``filesystem.stat`` of ``/workspace``, through ``Gateway.invoke``: input validation, policy, the
+(``filesystem.stat`` of ``/workspace``, through ``Pipeline.invoke``: input validation, policy, the
 capability and the audit record; no socket, so that the policy's share is not hidden by network
 time). Calls are interleaved one by one between the gateways and each is timed; the median call counts.
 So drift and other load on the machine affect all alike, and a call that was preempted only moves
@@ -33,13 +33,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from kruxos_gateway.app import Caller, Gateway
-from kruxos_gateway.approvals import PolicyGate
-from kruxos_gateway.capabilities import default_registry
+from kruxos_gateway import compose
 from kruxos_gateway.config import GatewayConfig
-from kruxos_gateway.db import Database
-from kruxos_gateway.models import InvokeParams
-from kruxos_gateway.policy import parse_policy
+from kruxos_gateway.core.models import InvokeParams
+from kruxos_gateway.core.pipeline import Pipeline
+from kruxos_gateway.core.sessions import Caller
+from kruxos_gateway.policy.rules import parse_policy
+from kruxos_gateway.storage.db import Database
 
 TARGET = 1.2
 WORST = "1000 rules, all on filesystem.stat"
@@ -92,14 +92,14 @@ def worst_case_policy(n: int = 1000, *, mergeable: bool = True) -> str:
     return "\n".join(rules) + "\n"
 
 
-async def timed_call(gateway: Gateway, caller: Caller, params: InvokeParams) -> float:
+async def timed_call(pipeline: Pipeline, caller: Caller, params: InvokeParams) -> float:
     started = time.perf_counter()
-    await gateway.invoke(caller, params)
+    await pipeline.invoke(caller, params.name, params.inputs)
     return time.perf_counter() - started
 
 
 async def measure(
-    db: Database, gateways: dict[str, Gateway], warmup: int, calls: int
+    db: Database, gateways: dict[str, Pipeline], warmup: int, calls: int
 ) -> dict[str, list[float]]:
     """Per-call times of each gateway, calls interleaved one by one (in turn first and last)."""
     caller = Caller(key_name="bench-agent", session_id="bench")
@@ -129,19 +129,17 @@ async def main(quick: bool) -> int:
         db = Database(config.db_path)
         db.start()
         try:
-            registry = default_registry()
-            plain = Gateway(config, db, registry)
+            # "No policy": allow everything, with no rule to look at.
+            plain = compose.build(config, db, parse_policy("version: 1\ndefault: allow\n")).pipeline
             gateways = {"no policy": plain}
             for label, text in (
                 ("1000 rules", realistic_policy()),
                 (WORST, worst_case_policy()),
                 (WORST_UNMERGED, worst_case_policy(mergeable=False)),
             ):
-                gateway = Gateway(config, db, registry)
                 policy = parse_policy(text, label)
                 assert len(policy.rules) >= 1000, len(policy.rules)
-                gateway.policy = PolicyGate(policy, gateway.approvals)
-                gateways[label] = gateway
+                gateways[label] = compose.build(config, db, policy).pipeline
             # Each policy against "no policy", in a pass of its own: a slow policy's cache-thrashing calls
             # must not slow the others'.
             results: list[tuple[str, float, float]] = []

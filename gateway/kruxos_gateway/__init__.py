@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING, Any
 from ._version import PROTOCOL, __version__
 
 if TYPE_CHECKING:
-    from .app import Gateway
     from .config import GatewayConfig, load_config
-    from .server import GatewayServer
+    from .core.gateway import Gateway
+    from .transports.server import GatewayServer
 
 __all__ = ["PROTOCOL", "Gateway", "GatewayConfig", "GatewayServer", "__version__", "load_config"]
 
 _LAZY = {
-    "Gateway": ".app",
+    "Gateway": ".core.gateway",
     "GatewayConfig": ".config",
-    "GatewayServer": ".server",
+    "GatewayServer": ".transports.server",
     "load_config": ".config",
 }
 

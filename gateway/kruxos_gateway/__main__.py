@@ -20,20 +20,18 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from . import pidfile
-from .app import Gateway
-from .approvals import PolicyGate
-from .capabilities import RunAs, default_registry
+from . import compose, pidfile
 from .capabilities._cgroups import CommandCgroups
+from .capabilities.base import RunAs
 from .capabilities.process import resolve_cgroups, resolve_run_as
+from .capabilities.workspace import Workspace
 from .config import DEFAULT_CONFIG_PATH, GatewayConfig, ListenConfig, describe_validation_error, load_config
-from .db import Database
 from .errors import ConfigError
 from .logs import configure_logging
-from .policy import Policy, PolicyError, configured_policy
+from .policy.rules import Policy, PolicyError, configured_policy
 from .sdnotify import notify
-from .server import GatewayServer
-from .workspace import Workspace
+from .storage.db import Database
+from .transports.server import GatewayServer
 
 log = logging.getLogger("kruxos_gateway")
 PROG = "kruxos-gateway"
@@ -104,22 +102,19 @@ async def run(
     db = Database(config.db_path)
     await asyncio.to_thread(db.start)
     try:
-        gateway = Gateway(config, db, default_registry(), run_as=run_as, cgroups=cgroups)
-        policy_path = Path(config.policy.file)
         if policy is None:
-            policy = configured_policy(config.policy, workspace=gateway.workspace)
-        gate = PolicyGate(policy, gateway.approvals, policy_path, gateway.workspace)
-        gateway.policy = gate
-        server = GatewayServer(config, db, gateway)
-        loop.add_signal_handler(signal.SIGHUP, gate.reload_logged)
+            policy = configured_policy(config.policy, workspace=Workspace(config.workspace.root))
+        parts = compose.build(config, db, policy, run_as=run_as, cgroups=cgroups)
+        server = GatewayServer(config, db, parts.gateway)
+        loop.add_signal_handler(signal.SIGHUP, parts.policy.reload_logged)
 
         # SIGUSR1: kruxosctl changed the database (an approval decided, a key revoked): look now.
         def database_changed() -> None:
-            gateway.approvals.wake()
+            parts.approvals.wake()
             server.check_revocations()
 
         loop.add_signal_handler(signal.SIGUSR1, database_changed)
-        await gateway.approvals.start(config.policy.approval_poll_interval)
+        await parts.start()
         pid_path = pidfile.write(config.state_dir)
         await server.start()
         host, port = server.address
@@ -138,7 +133,7 @@ async def run(
         notify("STOPPING=1\nSTATUS=draining")
         log.info("shutting down")
         await server.shutdown()
-        await gateway.approvals.close()
+        await parts.close()
         pidfile.remove(pid_path)
     finally:
         await db.close()

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .models import ErrorInfo, RecoveryAction
+from .core.models import ErrorInfo, RecoveryAction
 
 
 class GatewayError(Exception):

@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kruxos_gateway import store
-from kruxos_gateway.app import Gateway
-from kruxos_gateway.capabilities import RunAs, default_registry
+from kruxos_gateway import compose
 from kruxos_gateway.capabilities._cgroups import CommandCgroups
+from kruxos_gateway.capabilities.base import RunAs
+from kruxos_gateway.compose import Parts
 from kruxos_gateway.config import GatewayConfig
-from kruxos_gateway.db import Database
-from kruxos_gateway.server import GatewayServer
+from kruxos_gateway.policy.rules import Policy, parse_policy
+from kruxos_gateway.storage import store
+from kruxos_gateway.storage.db import Database
+from kruxos_gateway.transports.server import GatewayServer
 from websockets.asyncio.client import ClientConnection, connect
 
 TIMEOUT_FACTOR = float(os.environ.get("KRUXOS_TEST_TIMEOUT_FACTOR", "1"))
@@ -131,12 +133,17 @@ class Client:
         return (rcvd.code, rcvd.reason) if rcvd is not None else (None, None)
 
 
+# Tests of the gateway's mechanics run without a policy in the way; policy tests pass their own.
+ALLOW_ALL = parse_policy("version: 1\ndefault: allow\n", "allow-all (tests)")
+
+
 @dataclass
 class RunningGateway:
     server: GatewayServer
     db: Database
     config: GatewayConfig
     key: str
+    parts: Parts
 
     @property
     def port(self) -> int:
@@ -171,21 +178,24 @@ class RunningGateway:
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    config: GatewayConfig, run_as: RunAs | None = None, cgroups: CommandCgroups | None = None
+    config: GatewayConfig,
+    run_as: RunAs | None = None,
+    cgroups: CommandCgroups | None = None,
+    policy: Policy | None = None,
 ) -> AsyncIterator[RunningGateway]:
-    """A real gateway on 127.0.0.1, port chosen by the kernel, with one key named alice."""
+    """A real gateway on 127.0.0.1, port chosen by the kernel, with one key named alice, under
+    ``policy`` (by default one that allows everything)."""
     db = Database(config.db_path)
     db.start()
     try:
         # A test that restarts the gateway on the same state revokes alice first: the new key takes
         # over what alice had, as `kruxosctl keys rotate` would.
         key = await db.run(functools.partial(store.create_key, name="alice", take_over=True))
-        server = GatewayServer(
-            config, db, Gateway(config, db, default_registry(), run_as=run_as, cgroups=cgroups)
-        )
+        parts = compose.build(config, db, policy or ALLOW_ALL, run_as=run_as, cgroups=cgroups)
+        server = GatewayServer(config, db, parts.gateway)
         await server.start()
         try:
-            yield RunningGateway(server, db, config, key)
+            yield RunningGateway(server, db, config, key, parts)
         finally:
             await server.shutdown()
     finally:

@@ -11,13 +11,14 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from kruxos_gateway import approvals_store, store
-from kruxos_gateway.app import Gateway
-from kruxos_gateway.approvals import PolicyGate
-from kruxos_gateway.capabilities import default_registry
-from kruxos_gateway.db import Database
-from kruxos_gateway.policy import parse_policy
-from kruxos_gateway.server import GatewayServer
+from kruxos_gateway import compose
+from kruxos_gateway.approvals import store as approvals_store
+from kruxos_gateway.compose import Parts
+from kruxos_gateway.policy.gate import PolicyGate
+from kruxos_gateway.policy.rules import parse_policy
+from kruxos_gateway.storage import store
+from kruxos_gateway.storage.db import Database
+from kruxos_gateway.transports.server import GatewayServer
 
 from .support import Client, RunningGateway, eventually, make_config, timeout
 
@@ -41,28 +42,27 @@ rules:
 
 
 @contextlib.asynccontextmanager
-async def policed_gateway(tmp_path: Path, **policy: Any) -> AsyncIterator[tuple[RunningGateway, Gateway]]:
+async def policed_gateway(tmp_path: Path, **policy: Any) -> AsyncIterator[tuple[RunningGateway, Parts]]:
     config = make_config(tmp_path, policy={"approval_poll_interval": 0.05, **policy})
     db = Database(config.db_path)
     db.start()
     try:
         key = await db.run(functools.partial(store.create_key, name="alice"))
-        gateway = Gateway(config, db, default_registry())
-        gateway.policy = PolicyGate(parse_policy(POLICY, "test-policy.yaml"), gateway.approvals)
-        await gateway.approvals.start(config.policy.approval_poll_interval)
-        server = GatewayServer(config, db, gateway)
+        parts = compose.build(config, db, parse_policy(POLICY, "test-policy.yaml"))
+        await parts.start()
+        server = GatewayServer(config, db, parts.gateway)
         await server.start()
         try:
-            yield RunningGateway(server, db, config, key), gateway
+            yield RunningGateway(server, db, config, key, parts), parts
         finally:
             await server.shutdown()
-            await gateway.approvals.close()
+            await parts.close()
     finally:
         await db.close()
 
 
 @pytest_asyncio.fixture
-async def policed(tmp_path: Path) -> AsyncIterator[tuple[RunningGateway, Gateway]]:
+async def policed(tmp_path: Path) -> AsyncIterator[tuple[RunningGateway, Parts]]:
     async with policed_gateway(tmp_path) as pair:
         yield pair
 
@@ -93,7 +93,7 @@ async def check(client: Client, approval_id: str) -> dict[str, Any]:
     return approval
 
 
-async def test_a_denied_invocation_names_the_rule(policed: tuple[RunningGateway, Gateway]) -> None:
+async def test_a_denied_invocation_names_the_rule(policed: tuple[RunningGateway, Parts]) -> None:
     gw, _ = policed
     async with gw.client() as client:
         frame = await client.invoke("process.run", command="sudo id")
@@ -102,7 +102,7 @@ async def test_a_denied_invocation_names_the_rule(policed: tuple[RunningGateway,
     assert "never as root" in frame["error"]["message"]
 
 
-async def test_an_approval_is_pending_until_a_person_decides(policed: tuple[RunningGateway, Gateway]) -> None:
+async def test_an_approval_is_pending_until_a_person_decides(policed: tuple[RunningGateway, Parts]) -> None:
     gw, _ = policed
     async with gw.client() as client:
         approval_id = await approval_required(client, "echo deploy > deployed")
@@ -113,7 +113,7 @@ async def test_an_approval_is_pending_until_a_person_decides(policed: tuple[Runn
 
 
 async def test_the_same_invocation_reuses_its_pending_approval(
-    policed: tuple[RunningGateway, Gateway],
+    policed: tuple[RunningGateway, Parts],
 ) -> None:
     gw, _ = policed
     async with gw.client() as client:
@@ -124,7 +124,7 @@ async def test_the_same_invocation_reuses_its_pending_approval(
 
 
 async def test_an_approved_invocation_runs_once_and_its_result_is_pushed(
-    policed: tuple[RunningGateway, Gateway],
+    policed: tuple[RunningGateway, Parts],
 ) -> None:
     gw, gateway = policed
     async with gw.client() as client:
@@ -142,7 +142,7 @@ async def test_an_approved_invocation_runs_once_and_its_result_is_pushed(
     assert (gw.workspace / "deployed").read_text() == "deploy\n"
 
 
-async def test_a_rejection_carries_the_operators_reason(policed: tuple[RunningGateway, Gateway]) -> None:
+async def test_a_rejection_carries_the_operators_reason(policed: tuple[RunningGateway, Parts]) -> None:
     gw, gateway = policed
     async with gw.client() as client:
         approval_id = await approval_required(client, "echo deploy > deployed")
@@ -172,7 +172,7 @@ async def test_an_approval_expires_as_a_rejection(tmp_path: Path) -> None:
     assert not (gw.workspace / "deployed").exists()
 
 
-async def test_another_keys_approval_is_refused_as_not_found(policed: tuple[RunningGateway, Gateway]) -> None:
+async def test_another_keys_approval_is_refused_as_not_found(policed: tuple[RunningGateway, Parts]) -> None:
     gw, _ = policed
     bob = await gw.create_key("bob")
     async with gw.client() as alice:
@@ -186,7 +186,7 @@ async def test_another_keys_approval_is_refused_as_not_found(policed: tuple[Runn
     )
 
 
-async def test_two_agents_each_get_their_own_approval_pushed(policed: tuple[RunningGateway, Gateway]) -> None:
+async def test_two_agents_each_get_their_own_approval_pushed(policed: tuple[RunningGateway, Parts]) -> None:
     gw, gateway = policed
     bob = await gw.create_key("bob")
     async with gw.client() as alice, gw.client(bob) as bobs:
@@ -200,7 +200,7 @@ async def test_two_agents_each_get_their_own_approval_pushed(policed: tuple[Runn
 
 
 async def test_a_decision_written_by_kruxosctl_is_noticed_without_a_signal(
-    policed: tuple[RunningGateway, Gateway],
+    policed: tuple[RunningGateway, Parts],
 ) -> None:
     gw, _ = policed
     async with gw.client() as client:
@@ -215,7 +215,7 @@ async def test_a_decision_written_by_kruxosctl_is_noticed_without_a_signal(
     assert (event["data"]["status"], event["data"]["reason"]) == ("rejected", "nope")
 
 
-async def test_every_decision_is_in_the_audit_log(policed: tuple[RunningGateway, Gateway]) -> None:
+async def test_every_decision_is_in_the_audit_log(policed: tuple[RunningGateway, Parts]) -> None:
     gw, gateway = policed
     async with gw.client() as client:
         approval_id = await approval_required(client, "echo deploy")
@@ -248,7 +248,7 @@ async def test_reloading_the_policy_keeps_connections(tmp_path: Path) -> None:
     assert still["error"]["rule"] == "default"
 
 
-async def test_a_wait_can_start_after_the_decision(policed: tuple[RunningGateway, Gateway]) -> None:
+async def test_a_wait_can_start_after_the_decision(policed: tuple[RunningGateway, Parts]) -> None:
     gw, gateway = policed
     async with gw.client() as client:
         approval_id = await approval_required(client, "echo deploy")
@@ -260,7 +260,7 @@ async def test_a_wait_can_start_after_the_decision(policed: tuple[RunningGateway
 
 
 async def test_a_deny_added_after_the_request_wins_over_the_approval(
-    policed: tuple[RunningGateway, Gateway],
+    policed: tuple[RunningGateway, Parts],
 ) -> None:
     gw, gateway = policed
     async with gw.client() as client:

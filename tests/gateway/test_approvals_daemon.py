@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from kruxos import ApprovalRequired, ApprovalTimeout, KruxOS, PolicyDenied
-from kruxos_gateway import store
+from kruxos_gateway.storage import store
 
 from .support import timeout, wait_until
 from .test_daemon import Daemon, daemons, write_config

@@ -8,7 +8,7 @@ import logging
 import sqlite3
 
 import pytest
-from kruxos_gateway import store
+from kruxos_gateway.storage import store
 
 from .support import RunningGateway
 

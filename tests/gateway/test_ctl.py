@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kruxos_gateway import store
-from kruxos_gateway.ctl import main
+from kruxos_gateway.ctl.cli import main
+from kruxos_gateway.storage import store
 
 from .support import timeout, wait_until
 

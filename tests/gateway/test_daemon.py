@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kruxos_gateway import store
+from kruxos_gateway.storage import store
 from websockets.asyncio.client import connect
 
 from .support import eventually, http_get, timeout, wait_until

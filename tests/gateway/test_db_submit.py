@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from kruxos_gateway import db as db_module
-from kruxos_gateway import store
-from kruxos_gateway.db import Database
+from kruxos_gateway.storage import db as db_module
+from kruxos_gateway.storage import store
+from kruxos_gateway.storage.db import Database
 
 from .support import eventually
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 from kruxos_gateway.capabilities import _fs_ops
+from kruxos_gateway.capabilities.workspace import Workspace
 from kruxos_gateway.errors import GatewayError
 from kruxos_gateway.state import snapshots
-from kruxos_gateway.workspace import Workspace
 
 from .support import eventually, make_config, running_gateway
 

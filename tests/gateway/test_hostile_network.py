@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kruxos_gateway.approvals import PolicyGate
 from kruxos_gateway.capabilities import network
 from kruxos_gateway.config import parse_config
 from kruxos_gateway.errors import ConfigError
-from kruxos_gateway.policy import parse_policy
+from kruxos_gateway.policy.rules import parse_policy
 
 from .support import RunningGateway, eventually, make_config, running_gateway, timeout
 
@@ -171,10 +170,8 @@ class WebServer:
 async def gateway(
     tmp_path: Path, network_config: dict[str, Any] | None = None, policy: str | None = None
 ) -> AsyncIterator[RunningGateway]:
-    async with running_gateway(make_config(tmp_path, network=network_config or {})) as gw:
-        if policy is not None:
-            app = gw.server.app
-            app.policy = PolicyGate(parse_policy(policy, "test-policy.yaml"), app.approvals)
+    rules = parse_policy(policy, "test-policy.yaml") if policy is not None else None
+    async with running_gateway(make_config(tmp_path, network=network_config or {}), policy=rules) as gw:
         yield gw
 
 

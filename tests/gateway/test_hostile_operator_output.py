@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from kruxos import KruxOS
-from kruxos_gateway.ctl import main as kruxosctl
+from kruxos_gateway.ctl.cli import main as kruxosctl
 from kruxos_gateway.logs import configure_logging, escape
 
 from .support import make_config, running_gateway, wait_until

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 from kruxos import KruxOS, PolicyDenied
-from kruxos_gateway.capabilities import default_registry
+from kruxos_gateway.capabilities.builtin import default_registry
+from kruxos_gateway.capabilities.workspace import Workspace
 from kruxos_gateway.config import PolicyConfig
-from kruxos_gateway.ctl import main as kruxosctl
-from kruxos_gateway.policy import Policy, PolicyError, configured_policy, parse_policy
-from kruxos_gateway.workspace import Workspace
+from kruxos_gateway.ctl.cli import main as kruxosctl
+from kruxos_gateway.policy.rules import Policy, PolicyError, configured_policy, parse_policy
 
 from .support import timeout, wait_until
 from .test_approvals_daemon import Appliance

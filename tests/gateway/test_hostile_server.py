@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kruxos_gateway import db as db_module
-from kruxos_gateway import server, store
-from kruxos_gateway.db import Database
-from kruxos_gateway.ratelimit import ConnectionGate
+from kruxos_gateway.storage import db as db_module
+from kruxos_gateway.storage import store
+from kruxos_gateway.storage.db import Database
+from kruxos_gateway.transports import server
+from kruxos_gateway.transports.ratelimit import ConnectionGate
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Subprotocol

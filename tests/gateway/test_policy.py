@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kruxos_gateway.capabilities import default_registry
-from kruxos_gateway.models import CapabilityDefinition
-from kruxos_gateway.policy import Policy, PolicyError, parse_policy, shipped_default_text
+from kruxos_gateway.capabilities.builtin import default_registry
+from kruxos_gateway.core.models import CapabilityDefinition
+from kruxos_gateway.policy.rules import Policy, PolicyError, parse_policy, shipped_default_text
 
 REGISTRY = default_registry()
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from kruxos_gateway import protocol
-from kruxos_gateway.models import HelloFrame, Limits
+from kruxos_gateway.core import protocol
+from kruxos_gateway.core.models import HelloFrame, Limits
+
+# The names a gateway's dispatch table would hold (core/methods.py); the core itself knows none.
+METHODS = frozenset({"ping", "capabilities.list", "capabilities.invoke"})
 
 
 def session(max_message_bytes: int = 1024, max_in_flight: int = 2) -> protocol.Session:
-    return protocol.Session(max_message_bytes=max_message_bytes, max_in_flight=max_in_flight)
+    return protocol.Session(max_message_bytes=max_message_bytes, max_in_flight=max_in_flight, methods=METHODS)
 
 
 def request(request_id: str = "1", method: str = "ping", **extra: object) -> str:

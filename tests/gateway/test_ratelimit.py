@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kruxos_gateway.ratelimit import HandshakeLimiter
+from kruxos_gateway.transports.ratelimit import HandshakeLimiter
 
 
 class Clock:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kruxos_gateway.capabilities import default_registry, validate_inputs
+from kruxos_gateway.capabilities.base import validate_inputs
+from kruxos_gateway.capabilities.builtin import default_registry
+from kruxos_gateway.core.models import CapabilityDefinition
 from kruxos_gateway.errors import InvalidInput, UnknownCapability
-from kruxos_gateway.models import CapabilityDefinition
 
 REGISTRY = default_registry()
 EXPECTED = [

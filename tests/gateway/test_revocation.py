@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from kruxos import ConnectionClosed, KruxOS
-from kruxos_gateway import store
+from kruxos_gateway.storage import store
 
 from .support import RunningGateway, eventually, make_config, running_gateway, timeout
 from .test_approvals_daemon import Appliance, appliance

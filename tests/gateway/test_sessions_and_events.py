@@ -6,7 +6,7 @@ import asyncio
 import json
 
 import pytest
-from kruxos_gateway.app import Caller
+from kruxos_gateway.core.gateway import Caller
 
 from .support import RunningGateway, eventually, timeout
 
@@ -28,7 +28,7 @@ async def test_session_closed_hooks_run_with_the_closed_session(gateway: Running
     async def remember(caller: Caller) -> None:
         closed.append(caller.session_id)
 
-    gateway.server.app.on_session_closed(remember)
+    gateway.parts.sessions.on_closed(remember)
     async with gateway.client() as client:
         session_id = client.hello["session_id"]
     await eventually(lambda: closed == [session_id])
@@ -38,7 +38,7 @@ async def test_pushed_events_reach_their_connection_in_push_order(gateway: Runni
     async with gateway.client() as client, gateway.client() as bystander:
         session_id = client.hello["session_id"]
         await eventually(lambda: session_id in gateway.server.app.sessions)
-        caller = gateway.server.app.sessions[session_id]
+        caller = gateway.parts.sessions.of_key("alice")[0]
         for n in range(50):
             caller.events.push("test.counted", {"n": n})
         received = [json.loads(await asyncio.wait_for(client.ws.recv(), timeout(5))) for _ in range(50)]

@@ -40,7 +40,7 @@ async def test_session_state_is_gone_in_the_next_session_and_invisible_to_others
         assert not (await concurrent.state.session.get("mine")).found
     async with agent(gateway) as later:
         assert not (await later.state.session.get("mine")).found
-    assert not gateway.server.app.state.sessions._sessions
+    assert not gateway.parts.state.sessions._sessions
 
 
 @pytest.mark.asyncio

@@ -128,7 +128,7 @@ async def test_unwatch_stops_the_callbacks(gateway: RunningGateway) -> None:
         await a.state.shared.set("marker", 1)
         assert (await a.state.shared.get("k")).version == 2
     assert seen == [1]
-    assert not gateway.server.app.state.hub._subs
+    assert not gateway.parts.state.hub._subs
 
 
 async def test_a_watch_resumed_from_its_last_revision_misses_nothing_and_repeats_nothing(
@@ -176,5 +176,5 @@ async def test_a_watch_from_a_future_revision_is_invalid_input(gateway: RunningG
 async def test_watches_end_with_their_connection(gateway: RunningGateway) -> None:
     async with agent(gateway) as a:
         await a.state.shared.watch(prefix="x", callback=print)
-        assert gateway.server.app.state.hub._subs
-    await eventually(lambda: not gateway.server.app.state.hub._subs)
+        assert gateway.parts.state.hub._subs
+    await eventually(lambda: not gateway.parts.state.hub._subs)

@@ -215,7 +215,7 @@ async def test_a_connection_that_drops_mid_transaction_is_rolled_back(gateway: R
         await tx.invoke("filesystem.write", path="/workspace/notes.md", content="half done")
         await tx.invoke("filesystem.delete", path="/workspace/docs", recursive=True)
     # The connection closed without a commit.
-    await eventually(lambda: not gateway.server.app.state.transactions._open)
+    await eventually(lambda: not gateway.parts.state.transactions._open)
     assert tree_digest(gateway.workspace) == before
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from kruxos_gateway import store
+from kruxos_gateway.storage import store
 
 
 def tables(path: Path) -> set[str]:

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kruxos_gateway.capabilities import _fs_ops
+from kruxos_gateway.capabilities.workspace import Location, Workspace
 from kruxos_gateway.errors import GatewayError, InvalidInput, PathOutsideWorkspace
-from kruxos_gateway.workspace import Location, Workspace
 
 SECRET = "secret outside the workspace"
 

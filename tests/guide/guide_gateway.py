@@ -56,7 +56,7 @@ def _gateway_cli(*args: str | Path) -> list[str]:
 
 
 def _shipped_policy() -> Path:
-    from kruxos_gateway.policy import DEFAULT_POLICY_RESOURCE
+    from kruxos_gateway.policy.rules import DEFAULT_POLICY_RESOURCE
 
     return Path(importlib.util.find_spec("kruxos_gateway").origin).parent / DEFAULT_POLICY_RESOURCE  # type: ignore[arg-type,union-attr]
 

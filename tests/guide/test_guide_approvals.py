@@ -21,7 +21,7 @@ from guide_gateway import RunningGateway, start_gateway, timeout
 from guide_samples import Sample, python_blocks
 from kruxos import KruxOS
 from kruxos.errors import ApprovalRequired
-from kruxos_gateway.policy import shipped_default_text
+from kruxos_gateway.policy.rules import shipped_default_text
 
 SECTIONS = ["With error handling", "Blocking wait", "Non-blocking (poll)"]
 

@@ -21,16 +21,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from .. import store
 from ..errors import CapabilityFailed, InvalidInput, PathOutsideWorkspace
-from ..workspace import (
-    VIRTUAL_ROOT,
-    Location,
-    Workspace,
-    dir_mode_beneath,
-    file_mode_beneath,
-    wire_name,
-)
+from ..storage import store
+from .workspace import VIRTUAL_ROOT, Location, Workspace, dir_mode_beneath, file_mode_beneath, wire_name
 
 MAX_LIST_ENTRIES = 10_000
 

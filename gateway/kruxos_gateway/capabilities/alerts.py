@@ -6,9 +6,9 @@ import functools
 import logging
 from typing import Any
 
-from .. import store
-from ..models import CapabilityDefinition, InputSpec, OutputSpec
-from . import Capability, Context
+from ..core.models import CapabilityDefinition, InputSpec, OutputSpec
+from ..storage import store
+from .base import Capability, Context
 
 SEVERITIES = ("info", "warning", "error", "critical")
 _LEVELS = {

@@ -6,9 +6,9 @@ import asyncio
 import functools
 from typing import Any
 
-from ..models import InputSpec
-from . import Capability, Context, define
+from ..core.models import InputSpec
 from . import _fs_ops as ops
+from .base import Capability, Context, define
 
 _PATH_NOTE = "an absolute path under /workspace, or a path relative to /workspace"
 

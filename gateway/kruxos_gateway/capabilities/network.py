@@ -42,9 +42,9 @@ from typing import Any
 
 from .._version import __version__
 from ..config import NetworkConfig, canonical_network
+from ..core.models import CapabilityDefinition, InputSpec, OutputSpec
 from ..errors import CapabilityFailed, InvalidInput
-from ..models import CapabilityDefinition, InputSpec, OutputSpec
-from . import Capability, Context
+from .base import Capability, Context
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 MAX_REDIRECTS = 10

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import store
 from ..config import ProcessConfig
+from ..core.models import CapabilityDefinition, InputSpec, OutputSpec
 from ..errors import CapabilityFailed, ConfigError, InvalidInput
-from ..models import CapabilityDefinition, InputSpec, OutputSpec
-from ..workspace import WorkspacePath
-from . import Capability, Context, RunAs
+from ..storage import store
 from ._cgroups import CommandCgroups, Limits
+from .base import Capability, Context, RunAs
+from .workspace import WorkspacePath
 
 KILL_GRACE_SECONDS = 2.0
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -10,7 +10,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from .. import store
+from ..storage import store
 from .quotas import Usage, value_size
 
 

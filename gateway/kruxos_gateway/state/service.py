@@ -1,15 +1,17 @@
 """The state service: state capabilities, the watch and transaction methods, and their hooks.
 
-One :class:`StateService` is built by ``app.Gateway``. It adds to the gateway:
+One :class:`StateService` is built by the composition root (``compose.py``), which takes from it:
 
-- capabilities ``state.session.*``, ``state.persistent.*``, ``state.shared.*`` and
-  ``state.briefing.generate``, invoked like any other capability, so every state operation is
+- :meth:`~StateService.capabilities`: ``state.session.*``, ``state.persistent.*``, ``state.shared.*``
+  and ``state.briefing.generate``, invoked like any other capability, so every state operation is
   validated, policy-checked and audited on the same path as a file write;
-- the methods ``state.shared.watch``/``unwatch`` and ``transaction.*`` (``methods.STATE_METHODS``);
-- a session-closed hook that drops the session's state and watches, rolls back its open
-  transactions and records when the session ended (for briefings);
-- a wrapper around the filesystem capabilities that records which paths they changed (for
-  briefings; the audit log keeps only input digests).
+- :meth:`~StateService.methods`: ``state.shared.watch``/``unwatch`` and ``transaction.*`` for the
+  dispatch table; a transaction's steps run through the pipeline with a ``prepare`` stage that takes
+  their snapshots after the policy's decision;
+- :meth:`~StateService.session_closed`, a hook that drops the session's state and watches, rolls back
+  its open transactions and records when the session ended (for briefings);
+- :meth:`~StateService.record_file_change`, an observer of the pipeline that records which paths the
+  filesystem capabilities changed (for briefings; the audit log keeps only input digests).
 """
 
 from __future__ import annotations
@@ -17,39 +19,31 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..capabilities import Capability, Context, define, validate_inputs
+from ..capabilities.base import Capability, Context, Registry, define
+from ..capabilities.workspace import Workspace
+from ..config import GatewayConfig
+from ..core.methods import Method
+from ..core.models import InputSpec, InvocationResult
+from ..core.pipeline import Pipeline
+from ..core.sessions import Caller
 from ..errors import CapabilityFailed, GatewayError, InvalidInput
-from ..models import InputSpec, InvokeParams
-from ..protocol import parse_params
+from ..storage.db import Database
 from . import briefing, queries
 from .limits import check_key, check_prefix, encode_value
 from .queries import Change, Conflict
 from .quotas import Usage
 from .session import SessionStore
 from .shared import SharedBackend, SqliteShared, Subscription, WatchHub
-from .transactions import (
-    NotTransactional,
-    Prepared,
-    Transactions,
-    TxContext,
-    Undo,
-    compensator,
-    register,
-)
-
-if TYPE_CHECKING:
-    from ..app import Caller, Gateway
+from .transactions import NotTransactional, Prepared, Transactions, TxContext, Undo
 
 log = logging.getLogger(__name__)
 
 MAX_WATCHES_PER_SESSION = 64
 FILE_CAPABILITIES = ("filesystem.write", "filesystem.delete", "filesystem.mkdir", "filesystem.move")
-
-Method = Callable[["Caller", dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class _Params(BaseModel):
@@ -80,42 +74,55 @@ class BeginParams(_Params):
     pass
 
 
+class TransactionStepResult(InvocationResult):
+    """``transaction.invoke``'s answer: the invocation's result and the transaction's state after it."""
+
+    transaction: dict[str, Any]
+
+
 class StateService:
     """Agent state for one gateway."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.config = gateway.config.state
-        self.db = gateway.db
-        quotas = gateway.config.quotas
+    def __init__(self, config: GatewayConfig, db: Database, workspace: Workspace) -> None:
+        self.config = config.state
+        self.db = db
+        self.workspace = workspace
+        quotas = config.quotas
         self.sessions = SessionStore(self.config, quotas)
         self.hub = WatchHub()
         # What each key holds in persistent and shared state, kept by the write jobs (state/quotas.py).
         self.usage = Usage(quotas)
-        gateway.db.on_rollback(self.usage.clear)
+        db.on_rollback(self.usage.clear)
         self.shared: SharedBackend = SqliteShared(
-            gateway.db, self.config.shared_history, self.hub.publish, self.usage
+            db, self.config.shared_history, self.hub.publish, self.usage
         )
         self.transactions = Transactions(
-            gateway.config.state_dir / "transactions",
+            config.state_dir / "transactions",
             self.config.max_transaction_snapshot_bytes,
             quotas.transaction_snapshot_bytes,
         )
-        for capability in self._capabilities():
-            gateway.registry.add(capability)
-        for name in FILE_CAPABILITIES:
-            self._record_paths(name)
         self._register_compensators()
-        methods: dict[str, Method] = {
-            "state.shared.watch": self.watch,
-            "state.shared.unwatch": self.unwatch,
-            "transaction.begin": self.begin,
-            "transaction.invoke": self.transaction_invoke,
-            "transaction.commit": self.commit,
-            "transaction.rollback": self.rollback,
-        }
-        gateway.methods.update(methods)
-        gateway.on_session_closed(self.session_closed)
+
+    def start(self) -> None:
+        """Before serving: drop what a gateway that stopped mid-transaction left."""
+        self.transactions.remove_leftovers()
+
+    def methods(self, pipeline: Pipeline, registry: Registry) -> list[Method[Any]]:
+        """What state adds to the dispatch table; transaction steps run through ``pipeline``."""
+
+        async def transaction_invoke(
+            caller: Caller, params: TransactionInvokeParams
+        ) -> TransactionStepResult:
+            return await self.transaction_invoke(pipeline, registry, caller, params)
+
+        return [
+            Method("state.shared.watch", WatchParams, self.watch),
+            Method("state.shared.unwatch", UnwatchParams, self.unwatch),
+            Method("transaction.begin", BeginParams, self.begin),
+            Method("transaction.invoke", TransactionInvokeParams, transaction_invoke),
+            Method("transaction.commit", TransactionParams, self.commit),
+            Method("transaction.rollback", TransactionParams, self.rollback),
+        ]
 
     # --- session lifecycle ----------------------------------------------------------------------
 
@@ -136,8 +143,7 @@ class StateService:
 
     # --- watches --------------------------------------------------------------------------------
 
-    async def watch(self, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
-        p: WatchParams = parse_params(WatchParams, params, "state.shared.watch")
+    async def watch(self, caller: Caller, p: WatchParams) -> dict[str, Any]:
         check_prefix(p.prefix, self.config)
         if self.hub.count(caller.session_id) >= MAX_WATCHES_PER_SESSION:
             raise GatewayError(
@@ -183,27 +189,27 @@ class StateService:
         self.db.submit(functools.partial(queries.record_watch, owner=caller.key_name, prefix=p.prefix))
         return {"watch_id": p.watch_id, "prefix": p.prefix, "revision": head}
 
-    async def unwatch(self, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
-        p: UnwatchParams = parse_params(UnwatchParams, params, "state.shared.unwatch")
+    async def unwatch(self, caller: Caller, p: UnwatchParams) -> dict[str, Any]:
         return {"watch_id": p.watch_id, "removed": self.hub.remove(caller.session_id, p.watch_id)}
 
     # --- transactions ---------------------------------------------------------------------------
 
-    async def begin(self, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
-        parse_params(BeginParams, params, "transaction.begin")
+    async def begin(self, caller: Caller, params: BeginParams) -> dict[str, Any]:
         tx = self.transactions.begin(caller.session_id, caller.key_name)
         return {"transaction_id": tx.id, "status": tx.status}
 
-    async def transaction_invoke(self, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
-        p: TransactionInvokeParams = parse_params(TransactionInvokeParams, params, "transaction.invoke")
+    async def transaction_invoke(
+        self, pipeline: Pipeline, registry: Registry, caller: Caller, p: TransactionInvokeParams
+    ) -> TransactionStepResult:
         tx = self.transactions.get(caller.session_id, p.transaction_id)
         async with tx.lock:
             tx = self.transactions.get(caller.session_id, p.transaction_id)  # still open?
             try:
-                capability = self.gateway.registry.get(p.name)
-                inputs = validate_inputs(capability.definition, p.inputs)
-                prepare = compensator(p.name)
-                if prepare is None and capability.definition.permission_tier != "read":
+                capability = registry.get(p.name)
+                compensate = self.transactions.compensator(p.name)
+                if compensate is None and capability.definition.permission_tier != "read":
+                    # Refused before the policy is asked: no approval is created for a step that
+                    # could never run here.
                     raise NotTransactional(
                         f"{p.name} cannot be undone, so it cannot run inside a transaction",
                         recovery=[
@@ -211,41 +217,46 @@ class StateService:
                         ],
                         details={"capability": p.name},
                     )
-                step = TxContext(
-                    self.gateway.workspace,
-                    caller.key_name,
-                    caller.session_id,
-                    tx.scratch / str(tx.steps),
-                    tx.budget,
-                )
-                tx.steps += 1
-                prepared = await prepare(step, inputs) if prepare is not None else Prepared()
-                self.transactions.record(
-                    tx, prepared.undo
-                )  # registered before running: a partial effect is undone too
-                result = await self.gateway.invoke(caller, InvokeParams(name=p.name, inputs=p.inputs))
+                prepared = Prepared()
+
+                async def snapshot(ctx: Context, step: Capability, inputs: dict[str, Any]) -> None:
+                    # The pipeline's prepare stage: after the decision, with the validated inputs.
+                    nonlocal prepared
+                    scratch = tx.scratch / str(tx.steps)
+                    tx.steps += 1
+                    if compensate is None:
+                        return
+                    prepared = await compensate(
+                        TxContext(self.workspace, caller.key_name, caller.session_id, scratch, tx.budget),
+                        inputs,
+                    )
+                    # Recorded before the handler runs: a partial effect is undone too.
+                    self.transactions.record(tx, prepared.undo)
+
+                result = await pipeline.invoke(caller, p.name, p.inputs, prepare=snapshot)
             except GatewayError:
                 await self.transactions.rollback(tx)
                 raise
-            if result["success"]:
+            if result.success:
                 if prepared.finish is not None:
-                    self.transactions.record(tx, prepared.finish(result["data"]))
+                    assert result.data is not None
+                    self.transactions.record(tx, prepared.finish(result.data))
                 problems: list[str] = []
             else:
                 problems = await self.transactions.rollback(tx)
-            result["transaction"] = {"transaction_id": tx.id, "status": tx.status, "problems": problems}
-            return result
+            return TransactionStepResult(
+                **dict(result),
+                transaction={"transaction_id": tx.id, "status": tx.status, "problems": problems},
+            )
 
-    async def commit(self, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
-        p: TransactionParams = parse_params(TransactionParams, params, "transaction.commit")
+    async def commit(self, caller: Caller, p: TransactionParams) -> dict[str, Any]:
         tx = self.transactions.get(caller.session_id, p.transaction_id)
         async with tx.lock:
             tx = self.transactions.get(caller.session_id, p.transaction_id)
             await self.transactions.commit(tx)
         return {"transaction_id": tx.id, "status": tx.status, "steps": tx.steps}
 
-    async def rollback(self, caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
-        p: TransactionParams = parse_params(TransactionParams, params, "transaction.rollback")
+    async def rollback(self, caller: Caller, p: TransactionParams) -> dict[str, Any]:
         tx = self.transactions.get(caller.session_id, p.transaction_id)
         async with tx.lock:
             tx = self.transactions.get(caller.session_id, p.transaction_id)
@@ -288,11 +299,11 @@ class StateService:
 
             return Prepared(finish=finish)
 
-        register("state.session.set", session_write)
-        register("state.session.delete", session_write)
-        register("state.persistent.set", persistent_set)
-        register("state.shared.set", shared_write)
-        register("state.shared.delete", shared_write)
+        self.transactions.register("state.session.set", session_write)
+        self.transactions.register("state.session.delete", session_write)
+        self.transactions.register("state.persistent.set", persistent_set)
+        self.transactions.register("state.shared.set", shared_write)
+        self.transactions.register("state.shared.delete", shared_write)
 
     async def _undo_shared(self, key: str, version: int, by: str) -> list[str]:
         """Put back the value ``key`` had before ``version``, unless someone wrote after it."""
@@ -312,32 +323,25 @@ class StateService:
 
     # --- briefings' file records ----------------------------------------------------------------
 
-    def _record_paths(self, name: str) -> None:
-        try:
-            original = self.gateway.registry.get(name)
-        except GatewayError:
+    def record_file_change(self, ctx: Context, name: str, data: dict[str, Any]) -> None:
+        """The pipeline's observer: which paths a successful filesystem write, delete, mkdir or
+        move changed, recorded for the briefing of the key's next session."""
+        if name not in FILE_CAPABILITIES:
             return
-        handler = original.handler
-
-        async def recorded(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
-            data = await handler(ctx, inputs)
-            paths = [data[k] for k in ("path", "src", "dst") if isinstance(data.get(k), str)]
-            self.db.submit(
-                functools.partial(
-                    queries.record_file_event,
-                    owner=ctx.key_name,
-                    session_id=ctx.session_id,
-                    capability=name,
-                    paths=paths,
-                )
+        paths = [data[k] for k in ("path", "src", "dst") if isinstance(data.get(k), str)]
+        self.db.submit(
+            functools.partial(
+                queries.record_file_event,
+                owner=ctx.key_name,
+                session_id=ctx.session_id,
+                capability=name,
+                paths=paths,
             )
-            return data
-
-        self.gateway.registry.add(Capability(original.definition, recorded))
+        )
 
     # --- capabilities ---------------------------------------------------------------------------
 
-    def _capabilities(self) -> list[Capability]:
+    def capabilities(self) -> list[Capability]:
         return [
             _cap(
                 "session.set",

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .. import store
 from ..config import QuotasConfig, StateConfig
 from ..errors import CapabilityFailed, QuotaExceeded
+from ..storage import store
 from .queries import load
 from .quotas import value_size
 

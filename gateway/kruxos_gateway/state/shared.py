@@ -36,7 +36,7 @@ from .queries import (
 from .quotas import Usage
 
 if TYPE_CHECKING:
-    from ..db import Database
+    from ..storage.db import Database
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..capabilities._fs_ops import remove_at
+from ..capabilities.workspace import Workspace
 from ..errors import GatewayError, QuotaExceeded
-from ..workspace import Workspace
 
 #: Permission bits a snapshot records and puts back: never setuid, setgid or sticky. A directory
 #: made in the setgid workspace inherits setgid from the kernel; asking for it (chmod, mkdir) is

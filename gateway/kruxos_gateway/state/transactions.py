@@ -8,8 +8,9 @@ newest first. A commit just forgets the records.
 
 A capability is transactional if it is read-only (nothing to undo) or has a :data:`Compensator`
 here; every other capability (``process.run``, ``network.http_request``, ``alerts.send``, …) is
-refused inside a transaction with ``not_transactional``. :func:`register` is the extension point
-for a capability that can declare how it is undone.
+refused inside a transaction with ``not_transactional``. :meth:`Transactions.register` is the
+extension point for a capability that can declare how it is undone (the state service registers
+its own; the filesystem's are :data:`FILESYSTEM_COMPENSATORS`).
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import itertools
 import logging
 import secrets
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
+from ..capabilities.workspace import Workspace
 from ..errors import GatewayError
-from ..workspace import Workspace
 from . import snapshots
 
 log = logging.getLogger(__name__)
@@ -54,17 +56,6 @@ class TxContext:
 
 
 Compensator = Callable[[TxContext, dict[str, Any]], Awaitable[Prepared]]
-
-_COMPENSATORS: dict[str, Compensator] = {}
-
-
-def register(capability: str, compensator: Compensator) -> None:
-    """Declare how ``capability`` is undone, which makes it usable inside transactions."""
-    _COMPENSATORS[capability] = compensator
-
-
-def compensator(capability: str) -> Compensator | None:
-    return _COMPENSATORS.get(capability)
 
 
 class NotTransactional(GatewayError):
@@ -120,10 +111,15 @@ def _move_paths(ws: Workspace, inputs: dict[str, Any]) -> list[str]:
     return [inputs["src"], snapshots.top_missing(ws, inputs["dst"])]
 
 
-register("filesystem.write", _fs_compensator(_write_paths))
-register("filesystem.mkdir", _fs_compensator(_write_paths))
-register("filesystem.delete", _fs_compensator(_delete_paths))
-register("filesystem.move", _fs_compensator(_move_paths))
+#: How the filesystem capabilities are undone: a snapshot of every path each one may change.
+FILESYSTEM_COMPENSATORS: Mapping[str, Compensator] = MappingProxyType(
+    {
+        "filesystem.write": _fs_compensator(_write_paths),
+        "filesystem.mkdir": _fs_compensator(_write_paths),
+        "filesystem.delete": _fs_compensator(_delete_paths),
+        "filesystem.move": _fs_compensator(_move_paths),
+    }
+)
 
 
 # --- transactions -------------------------------------------------------------------------------
@@ -155,8 +151,20 @@ class Transactions:
         self._key_budgets: dict[str, snapshots.KeyBudget] = {}
         self._open: dict[str, Transaction] = {}
         self._recorded = itertools.count()
-        # Snapshots left by a gateway that stopped mid-transaction cannot be applied any more.
-        shutil.rmtree(root, ignore_errors=True)
+        self._compensators: dict[str, Compensator] = dict(FILESYSTEM_COMPENSATORS)
+
+    def remove_leftovers(self) -> None:
+        """At start: snapshots left by a gateway that stopped mid-transaction cannot be applied any
+        more. Not done on construction: building the parts (``kruxosctl policy test`` builds them to
+        learn every capability) must not touch the daemon's state."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def register(self, capability: str, compensator: Compensator) -> None:
+        """Declare how ``capability`` is undone, which makes it usable inside transactions."""
+        self._compensators[capability] = compensator
+
+    def compensator(self, capability: str) -> Compensator | None:
+        return self._compensators.get(capability)
 
     def begin(self, session_id: str, key_name: str | None = None) -> Transaction:
         if sum(1 for t in self._open.values() if t.session_id == session_id) >= self.MAX_OPEN_PER_SESSION:

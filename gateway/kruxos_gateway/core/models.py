@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, TypeAdapter
 
 InputType = Literal["string", "integer", "number", "boolean", "object", "array", "string_or_array", "any"]
 PermissionTier = Literal["read", "write", "execute", "network", "notify", "admin"]
@@ -123,7 +123,9 @@ class HelloFrame(_Wire):
 class ResponseFrame(_Wire):
     type: Literal["response"] = "response"
     id: str
-    result: dict[str, Any]
+    # A method's answer: a model (an InvocationResult, …) is serialised with the frame, in one pass,
+    # as the model it is (SerializeAsAny), not first turned into a dict.
+    result: dict[str, Any] | SerializeAsAny[BaseModel]
 
 
 class ErrorFrame(_Wire):

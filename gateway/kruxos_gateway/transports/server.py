@@ -42,12 +42,14 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from . import protocol, store
-from ._version import PROTOCOL, __version__
-from .app import Caller, Gateway
-from .config import GatewayConfig
-from .db import Database
-from .models import ErrorInfo, EventFrame, HelloFrame, Limits, RecoveryAction, RequestFrame, ServerFrame
+from .._version import PROTOCOL, __version__
+from ..config import GatewayConfig
+from ..core import protocol
+from ..core.gateway import Gateway
+from ..core.models import ErrorInfo, EventFrame, HelloFrame, Limits, RecoveryAction, RequestFrame, ServerFrame
+from ..core.sessions import Caller
+from ..storage import store
+from ..storage.db import Database
 from .ratelimit import ConnectionGate, HandshakeLimiter
 
 log = logging.getLogger(__name__)
@@ -584,7 +586,11 @@ class GatewayServer:
         outbox = _Outbox(connection)
         live = _Live(
             connection,
-            protocol.Session(max_message_bytes=limits.max_message_bytes, max_in_flight=limits.max_in_flight),
+            protocol.Session(
+                max_message_bytes=limits.max_message_bytes,
+                max_in_flight=limits.max_in_flight,
+                methods=self.app.methods.names,
+            ),
             Caller(key_name=key_name, session_id=secrets.token_hex(16), events=outbox),
             outbox,
             key_id,

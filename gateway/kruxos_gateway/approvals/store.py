@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from . import store
+from ..storage import store
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS approvals (

@@ -22,16 +22,16 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from . import approvals_store
-from .capabilities import default_registry
-from .cli_output import CtlError, print_table
-from .config import GatewayConfig
-from .errors import GatewayError
-from .logs import escape
-from .pidfile import PIDFILE, signal_gateway
-from .policy import Policy, PolicyError, configured_policy, load_policy, shipped_default_text
-from .store import transaction
-from .workspace import Workspace
+from .. import compose
+from ..approvals import store as approvals_store
+from ..capabilities.workspace import Workspace
+from ..config import GatewayConfig
+from ..errors import GatewayError
+from ..logs import escape
+from ..pidfile import PIDFILE, signal_gateway
+from ..policy.rules import Policy, PolicyError, configured_policy, load_policy, shipped_default_text
+from ..storage.store import transaction
+from .output import CtlError, print_table
 
 BRIEF_INPUTS = 60
 
@@ -100,7 +100,7 @@ def run_policy(config: GatewayConfig, args: argparse.Namespace) -> None:
         print(f"{path} is valid ({len(policy.rules)} rules); the gateway is reloading it", file=sys.stderr)
         return
     try:
-        definition = default_registry().get(args.capability).definition
+        definition = compose.registry(config).get(args.capability).definition
     except GatewayError as exc:
         raise CtlError(
             exc.message, "kruxosctl policy test takes a capability name such as process.run"

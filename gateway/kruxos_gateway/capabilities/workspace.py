@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InvalidInput, PathOutsideWorkspace
+from ..errors import InvalidInput, PathOutsideWorkspace
 
 VIRTUAL_ROOT = "/workspace"
 #: Symlinks followed in one resolution, as the kernel's own limit (MAXSYMLINKS).

@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
-from . import errors
+from .. import errors
 from .models import (
     CLIENT_FRAME,
     CLIENT_FRAME_TYPES,
@@ -29,14 +30,6 @@ from .models import (
     RequestFrame,
     ResponseFrame,
     ServerFrame,
-)
-from .state.methods import STATE_METHODS
-
-METHODS = (
-    frozenset(
-        {"ping", "capabilities.list", "capabilities.describe", "capabilities.invoke", "approvals.check"}
-    )
-    | STATE_METHODS
 )
 
 CLOSE_NORMAL = 1000
@@ -110,8 +103,11 @@ def shutdown_event() -> EventFrame:
     return EventFrame(event="gateway.shutdown", data={"reason": "draining"})
 
 
-def parse_request(message: str | bytes, max_message_bytes: int) -> RequestFrame:
+def parse_request(message: str | bytes, max_message_bytes: int, methods: Collection[str]) -> RequestFrame:
     """Validate one WebSocket message into a request frame, or raise a ``ProtocolError``.
+
+    ``methods`` are the names the gateway answers (its dispatch table, ``core.methods``): the core
+    itself knows no method, so a feature adds its own without editing it.
 
     Raised errors carry ``request_id`` when the frame could be attributed to a request.
     """
@@ -173,10 +169,10 @@ def parse_request(message: str | bytes, max_message_bytes: int) -> RequestFrame:
         )
         err.request_id = request_id
         raise err from None
-    if request.method not in METHODS:
+    if request.method not in methods:
         err = errors.UnknownMethod(
             f"unknown method {request.method!r}",
-            recovery=[("use_known_method", "use one of: " + ", ".join(sorted(METHODS)))],
+            recovery=[("use_known_method", "use one of: " + ", ".join(sorted(methods)))],
             details={"method": request.method},
         )
         err.request_id = request.id
@@ -337,20 +333,6 @@ def one_line(exc: ValidationError) -> str:
     return f"{loc}: {first['msg']}" if loc else first["msg"]
 
 
-P = TypeVar("P", bound=BaseModel)
-
-
-def parse_params(model: type[P], params: dict[str, Any], method: str) -> P:
-    """Validate a request's ``params`` for ``method``; a mismatch is ``invalid_message``."""
-    try:
-        return model.model_validate(params)
-    except ValidationError as exc:
-        raise errors.InvalidMessage(
-            f"invalid params for {method}: {one_line(exc)}",
-            recovery=[("fix_params", "see docs/protocol.md for the params of each method")],
-        ) from None
-
-
 def _json_type(value: object) -> str:
     if isinstance(value, list):
         return "an array"
@@ -366,8 +348,9 @@ def _json_type(value: object) -> str:
 class Session:
     """Per-connection protocol state: validates frames and accounts for requests in flight."""
 
-    def __init__(self, *, max_message_bytes: int, max_in_flight: int) -> None:
+    def __init__(self, *, max_message_bytes: int, max_in_flight: int, methods: Collection[str]) -> None:
         self.max_message_bytes = max_message_bytes
+        self.methods = methods
         self.max_in_flight = max_in_flight
         self.in_flight: set[str] = set()
         self.draining = False
@@ -375,7 +358,7 @@ class Session:
     def receive(self, message: str | bytes) -> Action:
         """Decide what to do with one message from the client."""
         try:
-            request = parse_request(message, self.max_message_bytes)
+            request = parse_request(message, self.max_message_bytes, self.methods)
         except errors.MessageTooLarge as exc:
             return Reply(error_frame(None, exc), CLOSE_MESSAGE_TOO_BIG, "message too large")
         except errors.ProtocolError as exc:

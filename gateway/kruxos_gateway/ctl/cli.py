@@ -22,12 +22,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from . import ctl_approvals, store
-from .cli_output import CtlError, error_line, print_table
-from .config import DEFAULT_CONFIG_PATH, load_config
-from .errors import ConfigError
-from .logs import escape
-from .pidfile import signal_gateway
+from ..config import DEFAULT_CONFIG_PATH, load_config
+from ..errors import ConfigError
+from ..logs import escape
+from ..pidfile import signal_gateway
+from ..storage import store
+from . import approvals as ctl_approvals
+from .output import CtlError, error_line, print_table
 
 PROG = "kruxosctl"
 KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
@@ -299,7 +300,3 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -105,8 +105,8 @@ def connect_read_only(path: Path) -> sqlite3.Connection:
 def _schema_parts() -> tuple[str, ...]:
     """The core tables, then those of the features that keep theirs in their own modules."""
     # Imported here, not at the top: both modules import this one.
-    from .approvals_store import SCHEMA as approvals_schema
-    from .state.schema import SCHEMA as state_schema
+    from ..approvals.store import SCHEMA as approvals_schema
+    from ..state.schema import SCHEMA as state_schema
 
     return (_SCHEMA, approvals_schema, state_schema)
 

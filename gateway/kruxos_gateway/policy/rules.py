@@ -51,10 +51,10 @@ from typing import Any, Literal, NamedTuple
 
 import yaml
 
-from .config import PolicyConfig
-from .errors import GatewayError
-from .models import CapabilityDefinition
-from .workspace import Workspace
+from ..capabilities.workspace import Workspace
+from ..config import PolicyConfig
+from ..core.models import CapabilityDefinition
+from ..errors import GatewayError
 
 __all__ = [
     "DEFAULT_POLICY_RESOURCE",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .logs import escape
+from ..logs import escape
 
 
 class CtlError(Exception):

@@ -1,0 +1,1 @@
+"""Policy: the rule language (``rules``) and the decision an invocation gets from it."""
