@@ -41,7 +41,7 @@ class Context:
     run_as: RunAs | None = None
     # From process.cgroup_root, checked at start-up (None: process groups only).
     cgroups: CommandCgroups | None = None
-    # The gateway's policy hook (PolicyHook.evaluate), for check_policy; None: no policy to ask.
+    # The pipeline's decide-and-enforce (Pipeline.check), for check_policy; None: no policy to ask.
     policy: PolicyCheck | None = None
 
     async def check_policy(self, definition: CapabilityDefinition, inputs: dict[str, Any]) -> None:
@@ -81,7 +81,11 @@ class Registry:
     """The capabilities this gateway offers, by name."""
 
     def __init__(self, capabilities: Iterable[Capability]) -> None:
-        self._by_name = {c.name: c for c in capabilities}
+        self._by_name: dict[str, Capability] = {}
+        for capability in capabilities:  # built once, by the composition root; a name is never reused
+            if capability.name in self._by_name:
+                raise ValueError(f"capability {capability.name!r} is registered twice")
+            self._by_name[capability.name] = capability
 
     def get(self, name: str) -> Capability:
         try:
@@ -92,10 +96,6 @@ class Registry:
                 recovery=[("list_capabilities", "call capabilities.list to see the available names")],
                 details={"name": name},
             ) from None
-
-    def add(self, capability: Capability) -> None:
-        """Add ``capability``, replacing one of the same name (features that extend the set, e.g. state)."""
-        self._by_name[capability.name] = capability
 
     def list(self, category: str | None = None, tag: str | None = None) -> list[CapabilityDefinition]:
         return [
