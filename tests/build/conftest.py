@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from build_support import ROOT
 
 from kruxos_build.paths import Layout
+
+from .build_support import ROOT
 
 
 @pytest.fixture

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 import yaml
-from build_support import OPERATOR_KEY, ROOT
 
 from kruxos_build import cli, description
 from kruxos_build.errors import DescriptionError
+
+from .build_support import OPERATOR_KEY, ROOT
 
 
 def test_the_embedded_default_description_is_valid() -> None:

@@ -6,10 +6,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from build_support import ROOT
 
 from kruxos_build import description, mkosi, render
 from kruxos_build.paths import Layout
+
+from .build_support import ROOT
 
 pytestmark = pytest.mark.skipif(shutil.which("mkosi") is None, reason="mkosi is not installed on this host")
 

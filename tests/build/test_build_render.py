@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 import yaml
-from build_support import OPERATOR_KEY, ROOT
 
 from kruxos_build import description, render
 from kruxos_build.errors import BuildError
 from kruxos_build.paths import Layout
+
+from .build_support import OPERATOR_KEY, ROOT
 
 
 def _render(layout: Layout, data: dict[str, Any]) -> Path:

@@ -1,7 +1,6 @@
 """Test support: a real gateway on loopback port 0, a small client, and deadline polling.
 
-Every wait is bounded by ``timeout(seconds)``, scaled by one factor from the environment
-(``KRUXOS_TEST_TIMEOUT_FACTOR``, default 1) for slow machines.
+Waits are bounded by the suite's one scaled ``timeout`` (``tests/helpers.py``), re-exported here.
 """
 
 from __future__ import annotations
@@ -10,9 +9,7 @@ import asyncio
 import contextlib
 import functools
 import json
-import os
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,21 +25,19 @@ from kruxos_gateway.storage.db import Database
 from kruxos_gateway.transports.server import GatewayServer
 from websockets.asyncio.client import ClientConnection, connect
 
-TIMEOUT_FACTOR = float(os.environ.get("KRUXOS_TEST_TIMEOUT_FACTOR", "1"))
+from ..helpers import TIMEOUT_FACTOR, eventually, timeout, wait_until
 
-
-def timeout(seconds: float) -> float:
-    """A time limit for one wait, scaled for slow machines."""
-    return seconds * TIMEOUT_FACTOR
-
-
-def wait_until(predicate: Callable[[], bool], seconds: float = 5.0, interval: float = 0.01) -> None:
-    """Poll ``predicate`` until true; fail after the scaled deadline."""
-    deadline = time.monotonic() + timeout(seconds)
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout(seconds)} s")
-        time.sleep(interval)
+__all__ = [
+    "TIMEOUT_FACTOR",
+    "Client",
+    "RunningGateway",
+    "eventually",
+    "http_get",
+    "make_config",
+    "running_gateway",
+    "timeout",
+    "wait_until",
+]
 
 
 def make_config(tmp_path: Path, **sections: dict[str, Any]) -> GatewayConfig:
@@ -58,15 +53,6 @@ def make_config(tmp_path: Path, **sections: dict[str, Any]) -> GatewayConfig:
         raw[name] = {**raw.get(name, {}), **values}
     (tmp_path / "state").mkdir(exist_ok=True)
     return GatewayConfig.model_validate(raw)
-
-
-async def eventually(predicate: Callable[[], bool], seconds: float = 5.0, interval: float = 0.01) -> None:
-    """Poll ``predicate`` without blocking the event loop; fail after the scaled deadline."""
-    deadline = time.monotonic() + timeout(seconds)
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout(seconds)} s")
-        await asyncio.sleep(interval)
 
 
 class Client:

@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from guide_gateway import RunningGateway, start_gateway
-from guide_samples import Sample, guide_path, load_sample
+
+from .guide_gateway import RunningGateway, start_gateway
+from .guide_samples import Sample, guide_path, load_sample
 
 
 @pytest.fixture(scope="session")

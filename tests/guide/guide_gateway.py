@@ -16,14 +16,11 @@ from typing import Any
 
 import pytest
 
+from ..helpers import timeout
+
 __all__ = ["README", "RunningGateway", "start_gateway", "timeout"]
 
-TIMEOUT_FACTOR = float(os.environ.get("KRUXOS_TEST_TIMEOUT_FACTOR", "1"))
 README = "# Guide workspace\nhello from the guide tests\n"
-
-
-def timeout(seconds: float) -> float:
-    return seconds * TIMEOUT_FACTOR
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from guide_gateway import RunningGateway, start_gateway, timeout
-from guide_samples import Sample, python_blocks
 from kruxos import KruxOS
 from kruxos.errors import ApprovalRequired
 from kruxos_gateway.policy.rules import shipped_default_text
+
+from .guide_gateway import RunningGateway, start_gateway, timeout
+from .guide_samples import Sample, python_blocks
 
 SECTIONS = ["With error handling", "Blocking wait", "Non-blocking (poll)"]
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from guide_samples import Sample, python_blocks
+
+from .guide_samples import Sample, python_blocks
 
 MARKDOWN = """# Title
 ## Section A

@@ -6,7 +6,6 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from guide_gateway import README, RunningGateway, start_gateway, timeout
 from kruxos import (
     AuthenticationError,
     CapabilityError,
@@ -16,6 +15,8 @@ from kruxos import (
     RateLimited,
     UnknownCapability,
 )
+
+from .guide_gateway import README, RunningGateway, start_gateway, timeout
 
 OTHER_KEY = "0" * 64
 

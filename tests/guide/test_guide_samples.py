@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from guide_gateway import README, RunningGateway
-from guide_samples import GUIDE_ADDRESS, GUIDE_KEYS, Sample, python_blocks
 from kruxos import CapabilityError, KruxOS
+
+from .guide_gateway import README, RunningGateway
+from .guide_samples import GUIDE_ADDRESS, GUIDE_KEYS, Sample, python_blocks
 
 COVERED = [
     "Quick start",

@@ -18,9 +18,10 @@ from typing import ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from guide_gateway import RunningGateway, start_gateway
-from guide_samples import GUIDE_ADDRESS, GUIDE_KEYS, Sample, python_blocks
 from kruxos import KruxOS
+
+from .guide_gateway import RunningGateway, start_gateway
+from .guide_samples import GUIDE_ADDRESS, GUIDE_KEYS, Sample, python_blocks
 
 SECTIONS = [
     "Session state (in-memory, current session only)",

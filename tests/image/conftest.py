@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from image_support import BOOT_DEADLINE, ROOT, Booted, Host, ssh_config_for, timeout
 
 from kruxos_build import boot, description, outputs
 from kruxos_build.paths import DEFAULT_DESCRIPTION, Layout
+
+from .image_support import BOOT_DEADLINE, ROOT, Booted, Host, ssh_config_for, timeout
 
 with warnings.catch_warnings():
     # paramiko (through testinfra) imports cryptography's deprecated ciphers; not ours to fix

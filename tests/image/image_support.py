@@ -10,27 +10,20 @@ $KRUXOS_TEST_TIMEOUT_FACTOR (default 1; TCG without KVM is what they are sized f
 
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from kruxos_build import boot
+from kruxos_build.paths import Layout
 
-from kruxos_build import boot  # noqa: E402  # needs ROOT on sys.path first
-from kruxos_build.paths import Layout  # noqa: E402
+from ..helpers import ROOT, TIMEOUT_FACTOR, timeout
+
+__all__ = ["BOOT_DEADLINE", "ROOT", "Booted", "Host", "ssh_config_for", "timeout"]
 
 Host = Any  # testinfra.host.Host: testinfra ships no type information
 
-TIMEOUT_FACTOR = float(os.environ.get("KRUXOS_TEST_TIMEOUT_FACTOR", "1"))
 BOOT_DEADLINE = 600 * TIMEOUT_FACTOR  # QEMU start -> sshd answering (TCG: 60 s idle, 3+ min on a busy host)
-
-
-def timeout(seconds: float) -> float:
-    return seconds * TIMEOUT_FACTOR
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from image_support import BOOT_DEADLINE, ROOT, Booted, Host, ssh_config_for, timeout
 
 from kruxos_build import boot
+
+from .image_support import BOOT_DEADLINE, ROOT, Booted, Host, ssh_config_for, timeout
 
 pytestmark = pytest.mark.image
 

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
-from sdk_fake_gateway import FakeGateway, running, timeout
+
+from .sdk_fake_gateway import FakeGateway, running, timeout
 
 
 @pytest_asyncio.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -18,13 +17,9 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from ..helpers import timeout
+
 KEY = "ab" * 32
-TIMEOUT_FACTOR = float(os.environ.get("KRUXOS_TEST_TIMEOUT_FACTOR", "1"))
-
-
-def timeout(seconds: float) -> float:
-    """A timeout scaled by the suite's one factor (raise it on slow machines)."""
-    return seconds * TIMEOUT_FACTOR
 
 
 CAPABILITIES: list[dict[str, Any]] = [

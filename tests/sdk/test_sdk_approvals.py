@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from kruxos import ApprovalStatus, ApprovalTimeout, CapabilityError, ConnectionClosed, KruxOS
 from kruxos.errors import ConfigurationError
-from sdk_fake_gateway import KEY, FakeGateway, error_object, timeout
+
+from .sdk_fake_gateway import KEY, FakeGateway, error_object, timeout
 
 PENDING: dict[str, Any] = {"approval_id": "apr_1", "status": "pending", "resolved": False, "approved": None}
 COMPLETED: dict[str, Any] = {

@@ -19,7 +19,8 @@ from kruxos import (
     RequestTimeout,
     UnknownCapability,
 )
-from sdk_fake_gateway import KEY, FakeGateway, error_object, timeout
+
+from .sdk_fake_gateway import KEY, FakeGateway, error_object, timeout
 
 pytestmark = pytest.mark.asyncio
 

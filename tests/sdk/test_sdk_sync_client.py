@@ -6,7 +6,8 @@ import threading
 
 import pytest
 from kruxos import Agent, CapabilityError, ConnectionClosed, GatewayUnavailable, KruxOS, UnknownCapability
-from sdk_fake_gateway import KEY, FakeGateway
+
+from .sdk_fake_gateway import KEY, FakeGateway
 
 
 def sdk_threads() -> list[threading.Thread]:

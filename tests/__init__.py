@@ -1,0 +1,1 @@
+"""The KruxOS test suite; shared helpers in ``helpers.py``."""

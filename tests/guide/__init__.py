@@ -1,0 +1,1 @@
+"""The SDK guide's samples, run against a real gateway."""

@@ -1,0 +1,1 @@
+"""Booted-image tests (QEMU)."""

@@ -1,0 +1,1 @@
+"""Packaging: the wheels and the import graph."""

@@ -1,0 +1,1 @@
+"""Tests of the SDK against a scripted fake gateway."""
