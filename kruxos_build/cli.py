@@ -90,7 +90,7 @@ def cmd_render(args: argparse.Namespace, layout: Layout, stage: Stages) -> int:
     with stage("render"):
         rendered = render.render(d, args.description.resolve(), layout)
     with stage("mkosi summary"):
-        (layout.build / "mkosi-summary.txt").write_text(mkosi.summary(layout))
+        (layout.build / "mkosi-summary.txt").write_text(mkosi.summary(layout, d.profile))
     stage.report()
     print(f"rendered: {rendered.generated}\nsummary:  {layout.build / 'mkosi-summary.txt'}")
     return 0
@@ -106,7 +106,7 @@ def cmd_build(args: argparse.Namespace, layout: Layout, stage: Stages) -> int:
         staged = ", ".join(rendered.staged) or "nothing (no SDK or gateway sources yet)"
         print(f"    staged: {staged}")
     with stage("mkosi summary"):
-        summary = mkosi.summary(layout)
+        summary = mkosi.summary(layout, d.profile)
         (layout.build / "mkosi-summary.txt").write_text(summary)
     log = layout.build / "mkosi.log"
     print(f"    mkosi's log: {log}; incremental cache: {layout.cache}")
@@ -114,7 +114,7 @@ def cmd_build(args: argparse.Namespace, layout: Layout, stage: Stages) -> int:
         place = build_workspace.choose()
         print(f"    workspace: {place.describe()}")
         initrd = mkosi.initrd_key(layout, summary)
-        if not mkosi.build(layout, log=log, force=args.force, initrd=initrd, workspace=place):
+        if not mkosi.build(layout, d.profile, log=log, force=args.force, initrd=initrd, workspace=place):
             print("    reused the initrd of the last build (its configuration is unchanged)")
         if mkosi.reused_cache(log):
             print("    reused the cached Debian installation (only the trees and scripts ran)")

@@ -15,12 +15,15 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Literal
 
 from .build_workspace import ENV as WORKSPACE_ENV
 from .build_workspace import MKOSI_DEFAULT, Workspace
 from .build_workspace import prepare as prepare_workspace
 from .errors import BuildError
 from .paths import Layout
+
+Profile = Literal["dev", "release"]
 
 
 def _mkosi() -> str:
@@ -30,10 +33,19 @@ def _mkosi() -> str:
     return mkosi
 
 
-def summary(layout: Layout) -> str:
+def _command(layout: Layout, profile: Profile) -> list[str]:
+    """mkosi on the repository's configuration with one of its profiles (``mkosi.profiles/``).
+
+    The profile is given on the command line: mkosi 24.3 reads profiles only after the top-level
+    ``mkosi.conf`` (a ``Profile=`` in our generated drop-in would come too late), 25.3 after
+    ``mkosi.conf.d``; ``--profile=NAME`` means the same to both."""
+    return [_mkosi(), "-C", str(layout.root), f"--profile={profile}"]
+
+
+def summary(layout: Layout, profile: Profile) -> str:
     """``mkosi summary`` of the merged config; fails if mkosi rejects it."""
     result = subprocess.run(
-        [_mkosi(), "-C", str(layout.root), "summary"],
+        [*_command(layout, profile), "summary"],
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
@@ -86,6 +98,7 @@ def initrd_up_to_date(layout: Layout, key: str) -> bool:
 
 def build(
     layout: Layout,
+    profile: Profile,
     *,
     log: Path,
     force: bool = False,
@@ -102,7 +115,7 @@ def build(
         )
     layout.cache.mkdir(parents=True, exist_ok=True)
     layout.mkosi_out.mkdir(parents=True, exist_ok=True)
-    command = [_mkosi(), "-C", str(layout.root), "--force"]
+    command = [*_command(layout, profile), "--force"]
     if workspace.path is not None:
         prepare_workspace(workspace)
         command.append(f"--workspace-dir={workspace.path}")  # 25.x: also --workspace-directory

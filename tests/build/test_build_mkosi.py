@@ -25,6 +25,7 @@ def clone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Layout:
         "mkosi.conf.d",
         "mkosi.extra",
         "mkosi.images",
+        "mkosi.profiles",
         "mkosi.repart",
         "mkosi.prepare.chroot",
         "mkosi.postinst.chroot",
@@ -42,7 +43,7 @@ def test_mkosi_summary_accepts_the_generated_config(clone: Layout, profile: str)
         update={"profile": profile, "ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOperator op@example"]}
     )
     render.render(d, ROOT / "appliance.yaml", clone)
-    summary = mkosi.summary(clone)
+    summary = mkosi.summary(clone, profile)
     assert "Release: trixie" in summary
     assert f"{clone.generated}/extra" in summary  # the generated drop-in was included
     assert f"KRUXOS_PROFILE={profile}" in summary

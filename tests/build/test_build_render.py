@@ -25,9 +25,21 @@ def _render(layout: Layout, data: dict[str, Any]) -> Path:
 
 
 def _mkosi_conf(generated: Path) -> configparser.ConfigParser:
+    return _ini(generated / "mkosi.conf")
+
+
+PROFILES = ROOT / "mkosi.profiles"
+SERIAL_AUTOLOGIN = Path("mkosi.extra/usr/lib/systemd/system/serial-getty@ttyS0.service.d/10-autologin.conf")
+
+
+def _profile_conf(profile: str) -> configparser.ConfigParser:
+    return _ini(PROFILES / profile / "mkosi.conf")
+
+
+def _ini(path: Path) -> configparser.ConfigParser:
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep mkosi's CamelCase keys
-    parser.read(generated / "mkosi.conf")
+    assert parser.read(path), f"{path} is missing"
     return parser
 
 
@@ -96,13 +108,12 @@ def test_dev_profile_allows_console_autologin_and_the_build_keys(
     layout: Layout, valid: dict[str, Any]
 ) -> None:
     generated = _render(layout, valid)
-    assert _mkosi_conf(generated)["Content"]["Autologin"] == "yes"
-    assert (
-        "--autologin root"
-        in (
-            generated / "extra/usr/lib/systemd/system/serial-getty@ttyS0.service.d/10-autologin.conf"
-        ).read_text()
-    )
+    # Static, in the dev profile (build.py passes --profile=dev), not rendered.
+    dev = _profile_conf("dev")
+    assert dev["Content"]["Autologin"] == "yes"
+    assert dev["Content"]["Environment"] == "KRUXOS_PROFILE=dev"
+    assert "--autologin root" in (PROFILES / "dev" / SERIAL_AUTOLOGIN).read_text()
+    assert "Autologin" not in _mkosi_conf(generated)["Content"]  # the drop-in holds only the appliance's part
     keys = (generated / "extra/root/.ssh/authorized_keys").read_text().splitlines()
     assert keys == [
         layout.ssh_key.with_suffix(".pub").read_text().strip(),
@@ -114,11 +125,13 @@ def test_release_profile_has_no_autologin_and_only_operator_keys(
     layout: Layout, release: dict[str, Any]
 ) -> None:
     generated = _render(layout, release)
-    content = _mkosi_conf(generated)["Content"]
-    assert "Autologin" not in content
-    assert "RootPassword" not in content
-    assert content["Environment"] == "KRUXOS_PROFILE=release"  # mkosi.postinst.chroot locks root
-    assert not (generated / "extra/usr/lib/systemd/system/serial-getty@ttyS0.service.d").exists()
+    for content in (_mkosi_conf(generated)["Content"], _profile_conf("release")["Content"]):
+        assert "Autologin" not in content
+        assert "RootPassword" not in content
+    # mkosi.postinst.chroot locks root
+    assert _profile_conf("release")["Content"]["Environment"] == "KRUXOS_PROFILE=release"
+    assert not (PROFILES / "release" / SERIAL_AUTOLOGIN).exists()
+    assert not (generated / "extra" / SERIAL_AUTOLOGIN.relative_to("mkosi.extra")).parent.exists()
     assert (generated / "extra/root/.ssh/authorized_keys").read_text() == OPERATOR_KEY + "\n"
     assert not layout.ssh_key.exists()
 
