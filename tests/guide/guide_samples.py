@@ -32,6 +32,11 @@ def guide_path() -> Path:
 
 def python_blocks(markdown: str) -> dict[str, list[str]]:
     """The ```python blocks of ``markdown``, by the heading they sit under."""
+    return fenced_blocks(markdown, "python")
+
+
+def fenced_blocks(markdown: str, wanted: str) -> dict[str, list[str]]:
+    """The fenced blocks of language ``wanted`` (``python``, ``json``), by the heading they sit under."""
     blocks: dict[str, list[str]] = {}
     heading, language, lines = "", None, list[str]()
     for line in markdown.splitlines():
@@ -39,7 +44,7 @@ def python_blocks(markdown: str) -> dict[str, list[str]]:
         if language is None and fence:
             language, lines = fence.group(1), []
         elif language is not None and line.strip() == "```":
-            if language == "python":
+            if language == wanted:
                 blocks.setdefault(heading, []).append("\n".join(lines) + "\n")
             language = None
         elif language is not None:

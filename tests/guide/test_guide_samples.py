@@ -12,7 +12,7 @@ import pytest
 from kruxos import CapabilityError, KruxOS
 
 from .guide_gateway import README, RunningGateway
-from .guide_samples import GUIDE_ADDRESS, GUIDE_KEYS, Sample, python_blocks
+from .guide_samples import GUIDE_ADDRESS, GUIDE_KEYS, Sample, fenced_blocks, python_blocks
 
 COVERED = [
     "Quick start",
@@ -27,6 +27,7 @@ COVERED = [
     "With error handling",
     "Pydantic models",
     "Logging",
+    "MCP configuration (for Claude)",
 ]
 
 
@@ -154,3 +155,14 @@ def test_with_error_handling_prints_the_commands_output_or_the_handled_error(
 @pytest.mark.parametrize("sample", ["Pydantic models", "Logging"], indirect=True)
 def test_module_level_samples_run(gateway: RunningGateway, sample: Sample) -> None:
     assert run(gateway, sample) == ""
+
+
+@pytest.mark.parametrize("sample", ["MCP configuration (for Claude)"], indirect=True)
+def test_mcp_configuration_prints_the_guides_output_for_this_gateway_and_key(
+    guide: Path, gateway: RunningGateway, sample: Sample
+) -> None:
+    (shown,) = fenced_blocks(guide.read_text(encoding="utf-8"), "json")["MCP configuration (for Claude)"]
+    expected = shown.replace(GUIDE_ADDRESS, gateway.address)
+    for placeholder in GUIDE_KEYS:
+        expected = expected.replace(placeholder, gateway.key)
+    assert run(gateway, sample) == expected

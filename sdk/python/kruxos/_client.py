@@ -10,6 +10,7 @@ from kruxos._approvals import Approvals, AsyncApprovals
 from kruxos._capabilities import AsyncCapabilities, Capabilities
 from kruxos._config import resolve_api_key, resolve_url
 from kruxos._connection import AsyncConnection
+from kruxos._mcp_config import McpClient, McpConfig, mcp_config
 from kruxos._state import AsyncState, State
 from kruxos._sync import Portal
 
@@ -21,8 +22,9 @@ DEFAULT_OPEN_TIMEOUT = 10.0
 class AsyncAgent:
     """A connected, authenticated agent (async). Use ``async with`` or call :meth:`disconnect`."""
 
-    def __init__(self, connection: AsyncConnection) -> None:
+    def __init__(self, connection: AsyncConnection, api_key: str) -> None:
         self._connection = connection
+        self._api_key = api_key  # for as_mcp_config(); never in repr or errors
         self.capabilities = AsyncCapabilities(connection)
         """Discover and invoke capabilities."""
         self.approvals = AsyncApprovals(connection)
@@ -48,6 +50,16 @@ class AsyncAgent:
     def closed(self) -> bool:
         """True once the connection is closed, by either side."""
         return self._connection.closed
+
+    def as_mcp_config(self, client: McpClient | None = None) -> McpConfig:
+        """This gateway and key as an MCP server entry (a dict; ``print()`` shows it as JSON).
+
+        ``client``: ``"claude-code"``, ``"cursor"``, ``"vscode"`` (Streamable HTTP entries) or
+        ``"claude-desktop"`` (a stdio bridge command, ``python3 -m kruxos.mcp``); by default the
+        generic entry, the gateway's ``ws://…/mcp`` URL with the key as a Bearer header. The result
+        holds the API key: keep it out of logs and shared files.
+        """
+        return mcp_config(self._connection.url, self._api_key, client)
 
     async def disconnect(self) -> None:
         """Close the connection; requests still in flight fail with ConnectionClosed."""
@@ -98,6 +110,10 @@ class Agent:
         """True once the connection is closed, by either side."""
         return self._agent.closed
 
+    def as_mcp_config(self, client: McpClient | None = None) -> McpConfig:
+        """This gateway and key as an MCP server entry; see :meth:`AsyncAgent.as_mcp_config`."""
+        return self._agent.as_mcp_config(client)
+
     def disconnect(self) -> None:
         """Close the connection and stop the SDK's thread; calling it again does nothing."""
         try:
@@ -132,7 +148,7 @@ class AsyncAgentConnector:
         connection = await AsyncConnection.open(
             url, api_key, open_timeout=open_timeout, request_timeout=request_timeout
         )
-        return AsyncAgent(connection)
+        return AsyncAgent(connection, api_key)
 
     def __await__(self) -> Generator[Any, None, AsyncAgent]:
         return self._connect().__await__()

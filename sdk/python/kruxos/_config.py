@@ -1,4 +1,8 @@
-"""Where to connect and with which key: arguments, then the environment, then the systemd credential.
+"""Where to connect and with which key: arguments, then the environment, then the device's files.
+
+The address: ``host``, else ``$KRUXOS_HOST``, else ``KRUXOS_HOST`` in ``/etc/kruxos/sdk.env`` (the
+appliance writes it, so ``ssh appliance python3 agent.py`` and cron jobs, which read no login
+profile, still connect). The key: ``api_key``, else ``$KRUXOS_API_KEY``, else the systemd credential.
 
 Pure functions over an environment mapping, so tests need neither sockets nor ``os.environ``.
 """
@@ -19,6 +23,7 @@ __all__ = [
     "DEFAULT_PATH",
     "DEFAULT_PORT",
     "HOST_ENV",
+    "SDK_ENV_FILE",
     "resolve_api_key",
     "resolve_url",
     "validate_api_key",
@@ -30,21 +35,45 @@ CREDENTIAL_NAME = "kruxos-api-key"
 """File name of the key in ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=`` of kruxos-agent@.service)."""
 DEFAULT_PORT = 7700
 DEFAULT_PATH = "/v1/supervision"
+SDK_ENV_FILE = Path("/etc/kruxos/sdk.env")
+"""Written by the image (``KRUXOS_HOST=localhost:<port>``); an ``EnvironmentFile=`` of agent units."""
 
 _API_KEY = re.compile(r"[0-9a-f]{64}")
 
 
-def resolve_url(host: str | None, environ: Mapping[str, str] = os.environ) -> str:
-    """The WebSocket URL for ``host``, or for ``$KRUXOS_HOST`` when ``host`` is None."""
-    if host is None:
-        host = environ.get(HOST_ENV) or None
-        if host is None:
-            raise ConfigurationError(
-                f"no gateway address: pass host='HOST:PORT' (e.g. 'localhost:{DEFAULT_PORT}') "
-                f"or set {HOST_ENV}"
-            )
-        return _parse_address(host, source=HOST_ENV)
-    return _parse_address(host, source="host")
+def resolve_url(
+    host: str | None, environ: Mapping[str, str] = os.environ, sdk_env: Path = SDK_ENV_FILE
+) -> str:
+    """The WebSocket URL for ``host``, else ``$KRUXOS_HOST``, else ``KRUXOS_HOST`` in ``sdk_env``."""
+    if host is not None:
+        return _parse_address(host, source="host")
+    if from_env := environ.get(HOST_ENV):
+        return _parse_address(from_env, source=HOST_ENV)
+    if from_file := _read_env_file(sdk_env).get(HOST_ENV):
+        return _parse_address(from_file, source=f"{HOST_ENV} in {sdk_env}")
+    raise ConfigurationError(
+        f"no gateway address: pass host='HOST:PORT' (e.g. 'localhost:{DEFAULT_PORT}') "
+        f"or set {HOST_ENV} (on the appliance, {sdk_env} sets it)"
+    )
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    """``NAME=value`` lines of a systemd environment file; none if it is absent or unreadable."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return {}
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")) or "=" not in line:
+            continue
+        name, _, value = line.partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[name.strip()] = value
+    return values
 
 
 def _parse_address(address: str, *, source: str) -> str:
