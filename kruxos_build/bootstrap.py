@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .errors import error_line
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv-img"
 REQUIREMENTS = Path(__file__).resolve().parent / "requirements.txt"
@@ -30,7 +32,7 @@ def _have_dependencies() -> bool:
 
 
 def _fail(message: str, hint: str) -> None:
-    print(f"build.py: {message}\n  hint: {hint}", file=sys.stderr)
+    print(error_line("build.py", message, hint), file=sys.stderr)
     sys.exit(1)
 
 

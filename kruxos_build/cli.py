@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import boot, build_workspace, description, host, mkosi, outputs, render
-from .errors import BuildError
+from .errors import BuildError, error_line
 from .paths import DEFAULT_DESCRIPTION, Layout
 
 
@@ -173,9 +173,7 @@ def main(argv: list[str]) -> int:
     except BuildError as e:
         if args.debug:
             raise
-        print(f"build.py: error: {e.message}", file=sys.stderr)
-        if e.hint:
-            print(f"  hint: {e.hint}", file=sys.stderr)
+        print(error_line("build.py", e.message, e.hint), file=sys.stderr)
         return e.code
     except KeyboardInterrupt:
         print("build.py: interrupted", file=sys.stderr)

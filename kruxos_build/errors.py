@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 
+def error_line(prog: str, message: str, hint: str | None = None) -> str:
+    """``PROG: error: MESSAGE; hint: HINT``: the line every KruxOS command dies with (as the gateway's
+    ``kruxos_gateway/logs.py``, which this package does not import)."""
+    return f"{prog}: error: {message}" + (f"; hint: {hint}" if hint else "")
+
+
 class BuildError(Exception):
-    """A failure the CLI reports as one line (plus an optional hint) and exit status ``code``."""
+    """A failure the CLI reports as one line (``error_line``, hint included) and exit status ``code``."""
 
     def __init__(self, message: str, *, hint: str | None = None, code: int = 1) -> None:
         super().__init__(message)

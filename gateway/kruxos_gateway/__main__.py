@@ -27,7 +27,7 @@ from .capabilities.process import resolve_cgroups, resolve_run_as
 from .capabilities.workspace import Workspace
 from .config import DEFAULT_CONFIG_PATH, GatewayConfig, ListenConfig, describe_validation_error, load_config
 from .errors import ConfigError
-from .logs import configure_logging
+from .logs import configure_logging, error_line
 from .policy.rules import Policy, PolicyError, configured_policy
 from .sdnotify import notify
 from .storage.db import Database
@@ -147,18 +147,18 @@ def main(argv: list[str] | None = None) -> int:
         config, run_as = _configure(args)
         cgroups = resolve_cgroups(config.process)  # and leftovers of a gateway that stopped are swept
     except ConfigError as exc:
-        print(f"{PROG}: config error: {exc}", file=sys.stderr)
+        print(error_line(PROG, str(exc), kind="config"), file=sys.stderr)
         return 2
     try:
         # Bound to the workspace: path rules see where a path's symlinks lead (policy.py, *Paths*).
         policy = configured_policy(config.policy, workspace=Workspace(config.workspace.root))
     except PolicyError as exc:
-        print(f"{PROG}: policy error: {exc.one_line()}", file=sys.stderr)
+        print(error_line(PROG, str(exc), exc.hint, kind="policy"), file=sys.stderr)
         return 2
     try:
         asyncio.run(run(config, run_as, args.port_file, policy, cgroups))
     except OSError as exc:
-        print(f"{PROG}: error: cannot start: {exc}", file=sys.stderr)
+        print(error_line(PROG, f"cannot start: {exc}"), file=sys.stderr)
         return 1
     return 0
 

@@ -1,26 +1,46 @@
 """Errors raised inside the gateway, each of which maps to one `kruxos.v1` error object.
 
-Every class carries the wire ``type`` it becomes, so the protocol core turns any of them into an
-``error`` frame (or a failed ``InvocationResult``) in one place::
+One class per wire ``type``, which it carries as ``error_type``; nothing is made from a type string.
+Where a class sits decides what the wire shows: a ``CapabilityFailed`` raised by a capability's
+handler becomes a failed ``InvocationResult``; every other ``GatewayError`` (or a ``CapabilityFailed``
+raised outside a handler) becomes an ``error`` frame, built in one place (``to_info``)::
 
     GatewayError                       root; never leaks a traceback to a client
     ├── ProtocolError                  the frame itself is wrong (SDK: ProtocolError)
     │   ├── InvalidMessage             invalid_message
     │   ├── UnknownMessageType         unknown_message_type
     │   ├── UnknownMethod              unknown_method
-    │   └── MessageTooLarge            message_too_large (the connection is then closed 1009)
-    ├── TooManyRequests                too_many_requests
+    │   ├── MessageTooLarge            message_too_large (the connection is then closed 1009)
+    │   └── InputOutOfBounds           invalid_input (nested too deep, or a number out of range)
+    ├── TooManyRequests                too_many_requests (in flight, open transactions, watches)
     ├── Unavailable                    unavailable (the gateway is draining)
     ├── UnknownCapability              unknown_capability
     ├── InvalidInput                   invalid_input
-    ├── PolicyDenied                   policy_denied (reserved for the policy engine)
-    ├── ApprovalRequired               approval_required (reserved for approvals)
-    ├── CapabilityFailed               the capability ran and failed (not_found, too_large, …)
+    ├── UnknownTransaction             invalid_input (no such open transaction on this connection)
+    ├── PolicyDenied                   policy_denied (a policy rule denied it; ``rule`` set)
+    ├── ApprovalRequired               approval_required (an approval is pending; ``approval_id`` set)
+    ├── ApprovalNotFound               not_found (approvals.check / approvals.wait)
+    ├── HistoryTrimmed                 history_trimmed (a watch cannot resume without a gap)
+    ├── NotTransactional               not_transactional (cannot be undone inside a transaction)
+    ├── CapabilityFailed               the capability ran and failed (a failed InvocationResult)
+    │   ├── NotFound                   not_found
+    │   ├── AlreadyExists              already_exists
+    │   ├── NotADirectory              not_a_directory
+    │   ├── IsADirectory               is_a_directory
+    │   ├── PermissionDenied           permission_denied
     │   ├── PathOutsideWorkspace       path_outside_workspace
+    │   ├── TooLarge                   too_large
+    │   ├── VersionConflict            version_conflict
+    │   ├── HostNotAllowed             host_not_allowed
+    │   ├── NetworkError               network_error
+    │   ├── ExecutionFailed            execution_failed
     │   └── QuotaExceeded              quota_exceeded (a per-key quota, ``quotas.*``)
     └── InternalError                  internal_error
 
-    ConfigError                        a bad configuration file (start-up only; not a wire error)
+Not wire errors (start-up, reload and the command lines)::
+
+    ConfigError                        a bad configuration file
+    policy.rules.PolicyError           a policy file that cannot be used (refused at start-up or reload)
 """
 
 from __future__ import annotations
@@ -41,14 +61,11 @@ class GatewayError(Exception):
         *,
         recovery: list[tuple[str, str]] | None = None,
         details: dict[str, Any] | None = None,
-        error_type: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.recovery = recovery or []
         self.details = details or {}
-        if error_type is not None:
-            self.error_type = error_type
 
     def to_info(self) -> ErrorInfo:
         """The wire error object for this error."""
@@ -93,8 +110,18 @@ class MessageTooLarge(ProtocolError):
     error_type = "message_too_large"
 
 
+class InputOutOfBounds(ProtocolError):
+    """A value of the frame is nested too deep or is a number out of range: ``invalid_input``, refused
+    before the request runs, naming the input (or the params member) that holds it."""
+
+    error_type = "invalid_input"
+
+    def __init__(self, field: str, message: str, fix: str) -> None:
+        super().__init__(message, recovery=[("fix_input", fix)], details={"input": field})
+
+
 class TooManyRequests(GatewayError):
-    """More than ``max_in_flight`` requests are in flight on this connection."""
+    """This connection holds too much at once: requests in flight, open transactions or watches."""
 
     error_type = "too_many_requests"
 
@@ -121,8 +148,22 @@ class InvalidInput(GatewayError):
         self.input = name
 
 
+class UnknownTransaction(GatewayError):
+    """``transaction_id`` names no open transaction of this connection: ``invalid_input``."""
+
+    error_type = "invalid_input"
+
+    def __init__(self, transaction_id: str) -> None:
+        super().__init__(
+            f"no open transaction {transaction_id!r} on this connection (it was committed, rolled back, "
+            "or never begun here)",
+            recovery=[("begin_transaction", "begin a new transaction")],
+            details={"input": "transaction_id", "transaction_id": transaction_id},
+        )
+
+
 class PolicyDenied(GatewayError):
-    """A policy rule denied the invocation (raised by a policy hook)."""
+    """A policy rule denied the invocation (raised by the pipeline's enforce stage)."""
 
     error_type = "policy_denied"
 
@@ -132,7 +173,7 @@ class PolicyDenied(GatewayError):
 
 
 class ApprovalRequired(GatewayError):
-    """A person must approve the invocation first (raised by a policy hook)."""
+    """A person must approve the invocation first; the approval is recorded and pending."""
 
     error_type = "approval_required"
 
@@ -141,19 +182,69 @@ class ApprovalRequired(GatewayError):
         self.approval_id = approval_id
 
 
-class CapabilityFailed(GatewayError):
-    """The capability ran and failed; becomes a failed ``InvocationResult``, not an error frame."""
+class ApprovalNotFound(GatewayError):
+    """No approval with that id belongs to the caller's key (another key's approval looks the same)."""
 
-    def __init__(self, error_type: str, message: str, **kwargs: Any) -> None:
-        super().__init__(message, error_type=error_type, **kwargs)
+    error_type = "not_found"
+
+
+class HistoryTrimmed(GatewayError):
+    """A watch's ``from_revision`` reaches back past the shared-state changes still kept."""
+
+    error_type = "history_trimmed"
+
+
+class NotTransactional(GatewayError):
+    """The capability (or the path it would change) cannot be undone, so it is refused inside a
+    transaction."""
+
+    error_type = "not_transactional"
+
+
+class CapabilityFailed(GatewayError):
+    """The capability ran and failed; becomes a failed ``InvocationResult``, not an error frame.
+
+    Raise one of its subclasses, which carry the wire type.
+    """
+
+
+class NotFound(CapabilityFailed):
+    """The path (or program) does not exist."""
+
+    error_type = "not_found"
+
+
+class AlreadyExists(CapabilityFailed):
+    """Something is already at the path, and the capability would not replace it."""
+
+    error_type = "already_exists"
+
+
+class NotADirectory(CapabilityFailed):
+    """The path, or one of its parents, is not a directory."""
+
+    error_type = "not_a_directory"
+
+
+class IsADirectory(CapabilityFailed):
+    """The path is a directory where a file was wanted."""
+
+    error_type = "is_a_directory"
+
+
+class PermissionDenied(CapabilityFailed):
+    """The gateway's user may not do this (or the workspace root itself would be changed)."""
+
+    error_type = "permission_denied"
 
 
 class PathOutsideWorkspace(CapabilityFailed):
     """A path points outside the workspace (absolute, ``..`` or through a symlink)."""
 
+    error_type = "path_outside_workspace"
+
     def __init__(self, path: str) -> None:
         super().__init__(
-            "path_outside_workspace",
             f"{path} is outside the workspace",
             recovery=[
                 (
@@ -166,6 +257,36 @@ class PathOutsideWorkspace(CapabilityFailed):
         )
 
 
+class TooLarge(CapabilityFailed):
+    """A file, a value or a session is over a size or count limit of the configuration."""
+
+    error_type = "too_large"
+
+
+class VersionConflict(CapabilityFailed):
+    """A shared-state key is not at the version the write expected (optimistic locking)."""
+
+    error_type = "version_conflict"
+
+
+class HostNotAllowed(CapabilityFailed):
+    """The network policy refuses the host, or an address it resolves to."""
+
+    error_type = "host_not_allowed"
+
+
+class NetworkError(CapabilityFailed):
+    """The request could not be completed: no answer, a refused connection, a broken TLS session."""
+
+    error_type = "network_error"
+
+
+class ExecutionFailed(CapabilityFailed):
+    """The capability failed in a way no more specific type names (the message says how)."""
+
+    error_type = "execution_failed"
+
+
 class QuotaExceeded(CapabilityFailed):
     """What the API key holds would go past one of its quotas (``quotas.NAME`` in the configuration).
 
@@ -174,9 +295,10 @@ class QuotaExceeded(CapabilityFailed):
     result; raised by a method (``transaction.invoke``) or at the handshake, an error.
     """
 
+    error_type = "quota_exceeded"
+
     def __init__(self, quota: str, message: str, *, used: int, limit: int, fix: str, **details: Any) -> None:
         super().__init__(
-            "quota_exceeded",
             message,
             recovery=[
                 ("make_room", fix),

@@ -48,6 +48,16 @@ def escape(text: str, keep: str = "") -> str:
     )
 
 
+def error_line(prog: str, message: str, hint: str | None = None, *, kind: str | None = None) -> str:
+    """``PROG: error: MESSAGE; hint: HINT``, escaped: the one line every KruxOS command dies with.
+
+    ``kind`` names what was refused when that is not plain from the message (``config`` error,
+    ``policy`` error); ``build.py`` writes the same line (``kruxos_build/errors.py``).
+    """
+    error = f"{kind} error" if kind else "error"
+    return escape(f"{prog}: {error}: {message}" + (f"; hint: {hint}" if hint else ""))
+
+
 class _OperatorFormatter(logging.Formatter):
     """One log record as the operator reads it: agent text cannot start a line of its own.
 

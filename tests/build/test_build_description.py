@@ -110,8 +110,8 @@ def test_the_cli_reports_a_bad_description_in_one_line_and_exits_2_before_mkosi(
     assert cli.main(["build", "--description", str(path)]) == 2
     out, err = capsys.readouterr()
     assert err.splitlines() == [
-        f"build.py: error: {path}: gateway.port: must be less than or equal to 65535 (got 70000)",
-        "  hint: see appliance.yaml for every key and what it takes",
+        f"build.py: error: {path}: gateway.port: must be less than or equal to 65535 (got 70000)"
+        "; hint: see appliance.yaml for every key and what it takes",
     ]
     assert "mkosi" not in out  # stopped before any stage that runs mkosi
 

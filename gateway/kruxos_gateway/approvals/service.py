@@ -32,7 +32,7 @@ from ..core.methods import Method
 from ..core.models import InvocationResult
 from ..core.pipeline import PendingApproval, Pipeline
 from ..core.sessions import Caller, Sessions
-from ..errors import CapabilityFailed, GatewayError
+from ..errors import ApprovalNotFound, GatewayError, InternalError
 from ..storage import store
 from ..storage.db import Database
 from . import store as approvals_store
@@ -46,12 +46,6 @@ APPROVAL_RESOLVED = "approval.resolved"
 class ApprovalParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     approval_id: str
-
-
-class ApprovalNotFound(GatewayError):
-    """No approval with that id belongs to the caller's key (another key's approval looks the same)."""
-
-    error_type = "not_found"
 
 
 class ApprovalBook:
@@ -238,7 +232,7 @@ class Approvals:
             failure = exc
         except Exception:
             log.exception("approved invocation %s failed inside the gateway", approval.approval_id)
-            failure = CapabilityFailed("internal_error", "the gateway failed running the approved invocation")
+            failure = InternalError("the gateway failed running the approved invocation")
         return InvocationResult(
             invocation_id=invocation_id,
             capability=approval.capability,

@@ -1,8 +1,8 @@
 """SQLite tables and queries for approvals (the gateway and ``kruxosctl approvals`` share them).
 
 Like ``store``, plain synchronous functions of a connection that never commit: the gateway runs them
-on its database thread, ``kruxosctl`` inside ``store.transaction``. ``store.connect`` creates these
-tables (``SCHEMA``) on every open, so databases created before approvals existed get them too.
+on its database thread, ``kruxosctl`` inside ``store.transaction``. The tables are in ``schema``,
+which ``store.connect`` creates on every open, so databases created before approvals existed get them too.
 
 An approval's life (``status``)::
 
@@ -26,40 +26,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..storage import store
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS approvals (
-    id INTEGER PRIMARY KEY,
-    approval_id TEXT NOT NULL UNIQUE,
-    key_name TEXT NOT NULL,
-    session_id TEXT NOT NULL,
-    capability TEXT NOT NULL,
-    inputs TEXT NOT NULL,
-    inputs_sha256 TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    status TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
-    decided_at REAL,
-    decided_by TEXT,
-    reason TEXT,
-    started_at REAL,
-    finished_at REAL,
-    result TEXT,
-    notified INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS approvals_open ON approvals(status, expires_at)
-    WHERE status IN ('pending', 'approved', 'running');
-CREATE INDEX IF NOT EXISTS approvals_unnotified ON approvals(id) WHERE notified = 0;
-CREATE TABLE IF NOT EXISTS approval_decisions (
-    id INTEGER PRIMARY KEY,
-    ts TEXT NOT NULL,
-    approval_id TEXT NOT NULL,
-    decision TEXT NOT NULL,
-    operator TEXT NOT NULL,
-    reason TEXT NOT NULL
-);
-"""
 
 OPEN = ("pending", "approved", "running")
 RESOLVED = frozenset({"completed", "rejected", "expired", "interrupted"})

@@ -21,7 +21,17 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from ..errors import CapabilityFailed, InvalidInput, PathOutsideWorkspace
+from ..errors import (
+    AlreadyExists,
+    ExecutionFailed,
+    InvalidInput,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+    PathOutsideWorkspace,
+    PermissionDenied,
+    TooLarge,
+)
 from ..storage import store
 from .workspace import VIRTUAL_ROOT, Location, Workspace, dir_mode_beneath, file_mode_beneath, wire_name
 
@@ -34,36 +44,31 @@ def os_errors(agent: str) -> Iterator[None]:
     try:
         yield
     except FileNotFoundError:
-        raise CapabilityFailed(
-            "not_found",
+        raise NotFound(
             f"{agent} does not exist",
             recovery=[("list_directory", "call filesystem.list on the parent directory to see what exists")],
             details={"path": agent},
         ) from None
     except FileExistsError:
-        raise CapabilityFailed(
-            "already_exists",
+        raise AlreadyExists(
             f"{agent} already exists",
             recovery=[("choose_other_path", "pick another path, or pass overwrite=true")],
             details={"path": agent},
         ) from None
     except NotADirectoryError:
-        raise CapabilityFailed(
-            "not_a_directory",
+        raise NotADirectory(
             f"{agent} (or one of its parents) is not a directory",
             recovery=[("check_path", "call filesystem.stat to check what the path is")],
             details={"path": agent},
         ) from None
     except IsADirectoryError:
-        raise CapabilityFailed(
-            "is_a_directory",
+        raise IsADirectory(
             f"{agent} is a directory",
             recovery=[("use_list", "call filesystem.list for a directory")],
             details={"path": agent},
         ) from None
     except PermissionError:
-        raise CapabilityFailed(
-            "permission_denied",
+        raise PermissionDenied(
             f"permission denied for {agent}",
             recovery=[
                 ("check_permissions", "the gateway's user cannot access this path; choose another one")
@@ -74,20 +79,18 @@ def os_errors(agent: str) -> Iterator[None]:
         if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink swapped in after resolution
             raise PathOutsideWorkspace(agent) from None
         if exc.errno == errno.ENOTEMPTY:
-            raise CapabilityFailed(
-                "execution_failed",
+            raise ExecutionFailed(
                 f"{agent} is a directory that is not empty",
                 recovery=[("pass_recursive", "pass recursive=true to delete it with its contents")],
                 details={"path": agent},
             ) from None
-        raise CapabilityFailed(
-            "execution_failed", f"{agent}: {exc.strerror or exc}", details={"path": agent, "errno": exc.errno}
+        raise ExecutionFailed(
+            f"{agent}: {exc.strerror or exc}", details={"path": agent, "errno": exc.errno}
         ) from None
 
 
-def too_large(agent: str, size: int, limit: int, what: str) -> CapabilityFailed:
-    return CapabilityFailed(
-        "too_large",
+def too_large(agent: str, size: int, limit: int, what: str) -> TooLarge:
+    return TooLarge(
         f"{agent} is {size} bytes, over the {what} limit of {limit} bytes",
         recovery=[("use_smaller_file", f"keep files under {limit} bytes, or split them")],
         details={"path": agent, "size": size, "limit": limit},
@@ -123,7 +126,7 @@ def read(ws: Workspace, path: str, encoding: str, max_bytes: int) -> dict[str, A
             if stat.S_ISDIR(st.st_mode):
                 raise IsADirectoryError
             if not stat.S_ISREG(st.st_mode):
-                raise CapabilityFailed("execution_failed", f"{agent} is not a regular file")
+                raise ExecutionFailed(f"{agent} is not a regular file")
             if st.st_size > max_bytes:
                 raise too_large(agent, st.st_size, max_bytes, "read")
             chunks = []
@@ -142,8 +145,7 @@ def read(ws: Workspace, path: str, encoding: str, max_bytes: int) -> dict[str, A
         try:
             content = data.decode("utf-8")
         except UnicodeDecodeError:
-            raise CapabilityFailed(
-                "execution_failed",
+            raise ExecutionFailed(
                 f"{agent} is not valid UTF-8 text",
                 recovery=[("use_base64", 'read it again with encoding="base64"')],
                 details={"path": agent},
@@ -207,7 +209,7 @@ def write(
     if len(data) > max_bytes:
         raise too_large(agent, len(data), max_bytes, "write")
     if agent == VIRTUAL_ROOT:
-        raise CapabilityFailed("is_a_directory", "/workspace is a directory", details={"path": agent})
+        raise IsADirectory("/workspace is a directory", details={"path": agent})
     with os_errors(agent), ws.locate(agent, create_parents=create_parents) as loc:
         if loc.is_root:  # a symlink to the root
             raise IsADirectoryError
@@ -305,9 +307,8 @@ def stat_path(ws: Workspace, path: str) -> dict[str, Any]:
     }
 
 
-def _refuse_root(agent: str, what: str) -> CapabilityFailed:
-    return CapabilityFailed(
-        "permission_denied",
+def _refuse_root(agent: str, what: str) -> PermissionDenied:
+    return PermissionDenied(
         f"the workspace root itself cannot be {what}",
         recovery=[("act_on_contents", "act on the entries inside /workspace one by one")],
         details={"path": agent},
@@ -330,8 +331,7 @@ def remove_at(parent_fd: int, name: str, *, recursive: bool = True) -> os.stat_r
 def delete(ws: Workspace, path: str, recursive: bool) -> dict[str, Any]:
     agent = ws.agent_path(path)
     if agent == VIRTUAL_ROOT:
-        raise CapabilityFailed(
-            "permission_denied",
+        raise PermissionDenied(
             "the workspace root itself cannot be deleted",
             recovery=[("delete_contents", "delete the entries inside /workspace one by one")],
             details={"path": agent},
@@ -385,8 +385,7 @@ def move(ws: Workspace, src: str, dst: str, *, overwrite: bool, create_parents: 
                     _rename_no_replace(s, d)
             except OSError as exc:
                 if exc.errno == errno.EXDEV:
-                    raise CapabilityFailed(
-                        "execution_failed",
+                    raise ExecutionFailed(
                         f"{s_agent} and {d_agent} are on different file systems",
                         recovery=[("copy_instead", "read the file and write it at the new path instead")],
                         details={"src": s_agent, "dst": d_agent},

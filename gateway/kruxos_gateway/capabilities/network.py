@@ -43,7 +43,7 @@ from typing import Any
 from .._version import __version__
 from ..config import NetworkConfig, canonical_network
 from ..core.models import CapabilityDefinition, InputSpec, OutputSpec
-from ..errors import CapabilityFailed, InvalidInput
+from ..errors import HostNotAllowed, InvalidInput, NetworkError
 from .base import Capability, Context
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -228,9 +228,8 @@ def host_allowed(host: str, allow: Sequence[str], deny: Sequence[str]) -> bool:
     return not allow or any(_matches(host, p) for p in allow)
 
 
-def _host_not_allowed(host: str, message: str | None = None, **details: str) -> CapabilityFailed:
-    return CapabilityFailed(
-        "host_not_allowed",
+def _host_not_allowed(host: str, message: str | None = None, **details: str) -> HostNotAllowed:
+    return HostNotAllowed(
         message or f"requests to {host} are not allowed by the gateway's network policy",
         recovery=[
             (
@@ -597,9 +596,8 @@ def _checked_headers(headers: dict[str, Any]) -> dict[str, str]:
     return dict(headers)
 
 
-def _network_error(method: str, url: str, failure: str) -> CapabilityFailed:
-    return CapabilityFailed(
-        "network_error",
+def _network_error(method: str, url: str, failure: str) -> NetworkError:
+    return NetworkError(
         f"{method} {url} failed: {failure}",
         recovery=[("retry_later", "check the URL; retry later if the host is temporarily unreachable")],
         details={"url": url},

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..config import ProcessConfig
 from ..core.models import CapabilityDefinition, InputSpec, OutputSpec
-from ..errors import CapabilityFailed, ConfigError, InvalidInput
+from ..errors import ConfigError, ExecutionFailed, InvalidInput, NotADirectory, NotFound, PermissionDenied
 from ..storage import store
 from ._cgroups import CommandCgroups, Limits
 from .base import Capability, Context, RunAs
@@ -175,8 +175,7 @@ async def _identity(ctx: Context) -> dict[str, Any]:
     base, count = run_as.key_uids
     number = await ctx.db.run(functools.partial(store.key_number, name=ctx.key_name))
     if number >= count:
-        raise CapabilityFailed(
-            "execution_failed",
+        raise ExecutionFailed(
             f"key {ctx.key_name!r} is number {number}, past the {count} uids of process.key_uid_count",
             recovery=[("ask_operator", "ask the operator to raise process.key_uid_count")],
         )
@@ -184,19 +183,16 @@ async def _identity(ctx: Context) -> dict[str, Any]:
     return {"user": base + number, "group": run_as.gid, "extra_groups": []}
 
 
-def _not_found(missing: str) -> CapabilityFailed:
-    return CapabilityFailed(
-        "not_found",
+def _not_found(missing: str) -> NotFound:
+    return NotFound(
         f"{missing} does not exist",
         recovery=[("check_command", "check the program name and cwd (a directory under /workspace)")],
         details={"path": missing},
     )
 
 
-def _cannot_start(program: str) -> CapabilityFailed:
-    return CapabilityFailed(
-        "permission_denied", f"permission denied starting {program}", details={"command": program}
-    )
+def _cannot_start(program: str) -> PermissionDenied:
+    return PermissionDenied(f"permission denied starting {program}", details={"command": program})
 
 
 def _check_program(program: str, cwd: WorkspacePath, path: str) -> None:
@@ -283,11 +279,11 @@ async def _run(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
     except FileNotFoundError as exc:
         raise _not_found(cwd.agent if exc.filename == cwd.real else argv[0]) from None
     except NotADirectoryError:
-        raise CapabilityFailed("not_a_directory", f"cwd {cwd.agent} is not a directory") from None
+        raise NotADirectory(f"cwd {cwd.agent} is not a directory") from None
     except PermissionError:
         raise _cannot_start(argv[0]) from None
     except OSError as exc:
-        raise CapabilityFailed("execution_failed", f"cannot start {argv[0]}: {exc.strerror or exc}") from None
+        raise ExecutionFailed(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
     finally:
         if gated:
             os.close(gate_read)

@@ -49,16 +49,6 @@ MAX_JSON_DEPTH = 64
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-class InputOutOfBounds(errors.ProtocolError):
-    """A value of the frame is nested too deep or is a number out of range: ``invalid_input``, refused
-    before the request runs, naming the input (or the params member) that holds it."""
-
-    error_type = "invalid_input"
-
-    def __init__(self, field: str, message: str, fix: str) -> None:
-        super().__init__(message, recovery=[("fix_input", fix)], details={"input": field})
-
-
 @dataclass(frozen=True)
 class Dispatch:
     """Run this request; it now counts as in flight."""
@@ -157,7 +147,7 @@ def parse_request(message: str | bytes, max_message_bytes: int, methods: Collect
         raise err
     try:
         check_bounds(raw)
-    except InputOutOfBounds as exc:
+    except errors.InputOutOfBounds as exc:
         exc.request_id = request_id
         raise
     try:
@@ -191,7 +181,7 @@ ValuePath = tuple[str | int, ...]
 
 
 def check_bounds(frame: dict[str, Any]) -> None:
-    """Raise ``InputOutOfBounds`` for the first value of the frame's params nested deeper than
+    """Raise ``errors.InputOutOfBounds`` for the first value of the frame's params nested deeper than
     ``MAX_JSON_DEPTH`` or number out of range: an integer outside 64 bits, or a float that
     overflowed to infinity (``1e400`` parses, as infinity).
 
@@ -248,15 +238,15 @@ def _field(path: ValuePath) -> list[str]:
     return parts
 
 
-def _out_of_range(path: ValuePath, what: str, wanted: str) -> InputOutOfBounds:
+def _out_of_range(path: ValuePath, what: str, wanted: str) -> errors.InputOutOfBounds:
     field = ".".join(_field(path))
-    return InputOutOfBounds(field, f"input {field!r} is {what}", f"pass {field} as {wanted}")
+    return errors.InputOutOfBounds(field, f"input {field!r} is {what}", f"pass {field} as {wanted}")
 
 
-def _too_deep(path: ValuePath) -> InputOutOfBounds:
+def _too_deep(path: ValuePath) -> errors.InputOutOfBounds:
     # Named by the input that holds the deep value, not by a path 64 parts long.
     field = _field(path)[0]
-    return InputOutOfBounds(
+    return errors.InputOutOfBounds(
         field,
         f"input {field!r} nests objects and arrays more than {MAX_JSON_DEPTH} deep (counting the frame)",
         f"flatten {field}: at most {MAX_JSON_DEPTH - 3} levels of objects and arrays inside an input",

@@ -24,11 +24,11 @@ from typing import TextIO
 
 from ..config import DEFAULT_CONFIG_PATH, load_config
 from ..errors import ConfigError
-from ..logs import escape
+from ..logs import error_line, escape
 from ..pidfile import signal_gateway
 from ..storage import store
 from . import approvals as ctl_approvals
-from .output import CtlError, error_line, print_table
+from .output import CtlError, print_table
 
 PROG = "kruxosctl"
 KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")

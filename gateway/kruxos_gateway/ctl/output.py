@@ -12,17 +12,12 @@ from ..logs import escape
 
 
 class CtlError(Exception):
-    """A failure to report as one line: what failed, and a hint for what to do."""
+    """A failure to report as one line (``logs.error_line``): what failed, and a hint for what to do."""
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
-
-
-def error_line(prog: str, message: str, hint: str | None = None) -> str:
-    """``PROG: error: MESSAGE; hint: HINT``, escaped: the one form every KruxOS command dies with."""
-    return escape(f"{prog}: error: {message}" + (f"; hint: {hint}" if hint else ""))
 
 
 def print_table(rows: Sequence[Sequence[str]]) -> None:

@@ -120,7 +120,7 @@ class PolicyError(Exception):
         super().__init__(f"{where}: {reason}")
 
     def one_line(self) -> str:
-        """The error as one line, with its hint if it has one (the gateway's and kruxosctl's form)."""
+        """The error as one line, with its hint if it has one (the log line of a refused reload)."""
         return f"{self}; hint: {self.hint}" if self.hint else str(self)
 
 

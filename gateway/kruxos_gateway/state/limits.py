@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import StateConfig
-from ..errors import CapabilityFailed, InvalidInput
+from ..errors import InvalidInput, TooLarge
 from .queries import dump
 
 
@@ -46,8 +46,7 @@ def encode_value(key: str, value: Any, config: StateConfig) -> str:
         ) from None
     size = len(text.encode("utf-8", errors="surrogatepass"))
     if size > config.max_value_bytes:
-        raise CapabilityFailed(
-            "too_large",
+        raise TooLarge(
             f"the value of {key!r} is {size} bytes as JSON, over the limit of {config.max_value_bytes}",
             recovery=[
                 ("use_smaller_value", "store large data in a workspace file and keep its path in state"),

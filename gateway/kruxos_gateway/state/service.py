@@ -30,7 +30,14 @@ from ..core.methods import Method
 from ..core.models import InputSpec, InvocationResult
 from ..core.pipeline import Pipeline
 from ..core.sessions import Caller
-from ..errors import CapabilityFailed, GatewayError, InvalidInput
+from ..errors import (
+    GatewayError,
+    HistoryTrimmed,
+    InvalidInput,
+    NotTransactional,
+    TooManyRequests,
+    VersionConflict,
+)
 from ..storage.db import Database
 from . import briefing, queries
 from .limits import check_key, check_prefix, encode_value
@@ -38,7 +45,7 @@ from .queries import Change, Conflict
 from .quotas import Usage
 from .session import SessionStore
 from .shared import SharedBackend, SqliteShared, Subscription, WatchHub
-from .transactions import NotTransactional, Prepared, Transactions, TxContext, Undo
+from .transactions import Prepared, Transactions, TxContext, Undo
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +153,8 @@ class StateService:
     async def watch(self, caller: Caller, p: WatchParams) -> dict[str, Any]:
         check_prefix(p.prefix, self.config)
         if self.hub.count(caller.session_id) >= MAX_WATCHES_PER_SESSION:
-            raise GatewayError(
+            raise TooManyRequests(
                 f"this connection already has {MAX_WATCHES_PER_SESSION} watches",
-                error_type="too_many_requests",
                 recovery=[("unwatch", "cancel a watch you no longer need, or watch a broader prefix")],
             )
         head = await self.shared.head()
@@ -173,10 +179,9 @@ class StateService:
             raise
         if replay.trimmed:
             self.hub.remove(caller.session_id, p.watch_id)
-            raise GatewayError(
+            raise HistoryTrimmed(
                 f"the changes after revision {start} are no longer kept (the oldest kept is "
                 f"{replay.oldest}); this watch cannot resume without a gap",
-                error_type="history_trimmed",
                 recovery=[
                     (
                         "reread_and_watch",
@@ -578,8 +583,7 @@ class StateService:
         outcome = await self.shared.write(key, text, expected, ctx.key_name)
         if isinstance(outcome, Conflict):
             now = "absent" if outcome.current == 0 else f"at version {outcome.current}"
-            raise CapabilityFailed(
-                "version_conflict",
+            raise VersionConflict(
                 f"shared key {key!r} is {now}, not at the expected version {outcome.expected}",
                 recovery=[("reread_and_retry", "get the key again, recompute from its value, and retry")],
                 details={

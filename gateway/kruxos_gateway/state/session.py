@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import QuotasConfig, StateConfig
-from ..errors import CapabilityFailed, QuotaExceeded
+from ..errors import QuotaExceeded, TooLarge
 from ..storage import store
 from .queries import load
 from .quotas import value_size
@@ -44,8 +44,7 @@ class SessionStore:
         entries = self._sessions.setdefault(session_id, {})
         old = entries.get(key)
         if old is None and len(entries) >= self.config.max_session_keys:
-            raise CapabilityFailed(
-                "too_large",
+            raise TooLarge(
                 f"this session already holds {len(entries)} keys, the limit",
                 recovery=[("delete_keys", "delete session keys you no longer need, or use persistent state")],
                 details={"key": key, "limit": self.config.max_session_keys},

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..capabilities._fs_ops import remove_at
 from ..capabilities.workspace import Workspace
-from ..errors import GatewayError, QuotaExceeded
+from ..errors import GatewayError, NotTransactional, QuotaExceeded
 
 #: Permission bits a snapshot records and puts back: never setuid, setgid or sticky. A directory
 #: made in the setgid workspace inherits setgid from the kernel; asking for it (chmod, mkdir) is
@@ -207,10 +207,9 @@ def _pump(src: int, dst: int, charge: _Copy | None = None) -> None:
         os.write(dst, chunk)
 
 
-def _refuse(agent: str, why: str, fix: str) -> GatewayError:
-    return GatewayError(
+def _refuse(agent: str, why: str, fix: str) -> NotTransactional:
+    return NotTransactional(
         f"{agent} {why}, so it cannot be restored on rollback",
-        error_type="not_transactional",
         recovery=[("run_outside_transaction", fix)],
         details={"path": agent},
     )

@@ -27,7 +27,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ..capabilities.workspace import Workspace
-from ..errors import GatewayError
+from ..errors import GatewayError, NotTransactional, QuotaExceeded, TooManyRequests, UnknownTransaction
 from . import snapshots
 
 log = logging.getLogger(__name__)
@@ -58,12 +58,6 @@ class TxContext:
 Compensator = Callable[[TxContext, dict[str, Any]], Awaitable[Prepared]]
 
 
-class NotTransactional(GatewayError):
-    """The capability cannot be undone, so it is refused inside a transaction."""
-
-    error_type = "not_transactional"
-
-
 # --- filesystem compensators --------------------------------------------------------------------
 
 
@@ -78,9 +72,9 @@ def _fs_compensator(paths: Callable[[Workspace, dict[str, Any]], list[str]]) -> 
 
         try:
             taken = await asyncio.to_thread(snap_all)
-        except GatewayError as exc:
-            if exc.error_type in ("not_transactional", "quota_exceeded"):
-                raise
+        except (NotTransactional, QuotaExceeded):
+            raise
+        except GatewayError:
             return Prepared()  # the path is invalid: the capability itself will fail the same way
 
         async def undo() -> list[str]:
@@ -168,9 +162,8 @@ class Transactions:
 
     def begin(self, session_id: str, key_name: str | None = None) -> Transaction:
         if sum(1 for t in self._open.values() if t.session_id == session_id) >= self.MAX_OPEN_PER_SESSION:
-            raise GatewayError(
+            raise TooManyRequests(
                 f"this connection already has {self.MAX_OPEN_PER_SESSION} open transactions",
-                error_type="too_many_requests",
                 recovery=[("finish_transactions", "commit or roll back a transaction first")],
             )
         tx_id = "tx_" + secrets.token_hex(12)
@@ -193,13 +186,7 @@ class Transactions:
     def get(self, session_id: str, tx_id: str) -> Transaction:
         tx = self._open.get(tx_id)
         if tx is None or tx.session_id != session_id:
-            raise GatewayError(
-                f"no open transaction {tx_id!r} on this connection (it was committed, rolled back, "
-                "or never begun here)",
-                error_type="invalid_input",
-                recovery=[("begin_transaction", "begin a new transaction")],
-                details={"input": "transaction_id", "transaction_id": tx_id},
-            )
+            raise UnknownTransaction(tx_id)
         return tx
 
     def of_session(self, session_id: str) -> list[Transaction]:

@@ -1,9 +1,10 @@
 """SQLite off the event loop: one thread owns the one connection and runs every query in turn.
 
 The pattern is datasette's ``database.py`` write thread: coroutines submit a function of the
-connection and await its result. The functions are the plain synchronous ones of ``store`` (and of
-later stores), which ``kruxosctl`` calls directly inside ``store.transaction``, so no query is written
-twice. Those functions never commit: the caller owns the transaction.
+connection and await its result. The functions are the plain synchronous ones of ``store`` and of
+the features' own query modules (``approvals/store.py``, ``state/queries.py``); ``kruxosctl`` calls
+those of ``store`` and ``approvals/store.py`` directly inside ``store.transaction``, so no query is
+written twice. Those functions never commit: the caller owns the transaction.
 
 **Group commit.** The thread takes every job that is queued when it wakes, runs each inside its own
 savepoint (a job that raises is rolled back alone and gets its exception), commits the batch once, and

@@ -19,6 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..approvals import schema as approvals_schema
+from ..state import schema as state_schema
+
 # 1: keys, audit, alerts; 2: approvals and agent state, whose tables their modules hold.
 SCHEMA_VERSION = 2
 
@@ -103,12 +106,8 @@ def connect_read_only(path: Path) -> sqlite3.Connection:
 
 
 def _schema_parts() -> tuple[str, ...]:
-    """The core tables, then those of the features that keep theirs in their own modules."""
-    # Imported here, not at the top: both modules import this one.
-    from ..approvals.store import SCHEMA as approvals_schema
-    from ..state.schema import SCHEMA as state_schema
-
-    return (_SCHEMA, approvals_schema, state_schema)
+    """The core tables, then those of the features, which keep theirs in leaf modules of their own."""
+    return (_SCHEMA, approvals_schema.SCHEMA, state_schema.SCHEMA)
 
 
 @contextmanager
