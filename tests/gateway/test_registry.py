@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kruxos_gateway.capabilities.base import validate_inputs
+from kruxos_gateway.capabilities.base import Capability
 from kruxos_gateway.capabilities.builtin import default_registry
-from kruxos_gateway.core.models import CapabilityDefinition
 from kruxos_gateway.errors import InvalidInput, UnknownCapability
 
 REGISTRY = default_registry()
@@ -61,12 +60,12 @@ def test_an_unknown_name_is_unknown_capability() -> None:
         REGISTRY.get("filesystem.teleport")
 
 
-READ = REGISTRY.get("filesystem.read").definition
-RUN = REGISTRY.get("process.run").definition
+READ = REGISTRY.get("filesystem.read")
+RUN = REGISTRY.get("process.run")
 
 
 @pytest.mark.parametrize(
-    ("definition", "inputs", "bad_input", "message"),
+    ("capability", "inputs", "bad_input", "message"),
     [
         pytest.param(READ, {}, "path", "missing required input 'path'", id="missing-required"),
         pytest.param(READ, {"path": "a", "mode": "r"}, "mode", "has no input 'mode'", id="unknown-input"),
@@ -92,10 +91,10 @@ RUN = REGISTRY.get("process.run").definition
     ],
 )
 def test_invalid_inputs_name_the_input_and_the_fix(
-    definition: CapabilityDefinition, inputs: dict[str, Any], bad_input: str, message: str
+    capability: Capability, inputs: dict[str, Any], bad_input: str, message: str
 ) -> None:
     with pytest.raises(InvalidInput) as excinfo:
-        validate_inputs(definition, inputs)
+        capability.validate(inputs)
     error = excinfo.value.to_info()
     assert error.type == "invalid_input"
     assert error.details == {"input": bad_input}
@@ -104,8 +103,8 @@ def test_invalid_inputs_name_the_input_and_the_fix(
 
 
 def test_defaults_are_filled_in_and_null_means_default() -> None:
-    assert validate_inputs(READ, {"path": "a", "encoding": None}) == {"path": "a", "encoding": "utf-8"}
+    assert READ.validate({"path": "a", "encoding": None}) == {"path": "a", "encoding": "utf-8"}
 
 
 def test_an_integer_is_a_valid_number() -> None:
-    assert validate_inputs(RUN, {"command": "ls", "timeout": 5})["timeout"] == 5
+    assert RUN.validate({"command": "ls", "timeout": 5})["timeout"] == 5

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from typing import Any, Literal, get_args
 
-from ..core.models import CapabilityDefinition, InputSpec, OutputSpec
+from pydantic import Field
+
+from ..core.models import CapabilityDefinition, OutputSpec
 from ..storage import store
 from .base import Capability, Context
+from .inputs import Inputs, declared
 
-SEVERITIES = ("info", "warning", "error", "critical")
+Severity = Literal["info", "warning", "error", "critical"]
+SEVERITIES: tuple[str, ...] = get_args(Severity)
 _LEVELS = {
     "info": logging.INFO,
     "warning": logging.WARNING,
@@ -42,6 +46,12 @@ async def _send(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
     return {"alert_id": record.alert_id, "created_at": record.ts}
 
 
+class SendInputs(Inputs):
+    severity: Severity = Field(description="One of " + ", ".join(SEVERITIES) + ".")
+    title: str = Field(description="A one-line summary.")
+    message: str = Field(description="The details.")
+
+
 CAPABILITIES = [
     Capability(
         CapabilityDefinition(
@@ -50,17 +60,7 @@ CAPABILITIES = [
             tags=["notify"],
             purpose="Send an alert to the people supervising this appliance.",
             when_to_use="When something needs a person's attention: a failure you cannot fix, or a result.",
-            inputs=[
-                InputSpec(
-                    name="severity",
-                    type="string",
-                    required=True,
-                    choices=SEVERITIES,
-                    description="One of " + ", ".join(SEVERITIES) + ".",
-                ),
-                InputSpec(name="title", type="string", required=True, description="A one-line summary."),
-                InputSpec(name="message", type="string", required=True, description="The details."),
-            ],
+            inputs=declared(SendInputs),
             outputs=[
                 OutputSpec(name="alert_id", type="string", description="The stored alert's id."),
                 OutputSpec(name="created_at", type="string", description="When it was stored, ISO 8601 UTC."),
@@ -68,5 +68,6 @@ CAPABILITIES = [
             permission_tier="notify",
         ),
         _send,
+        SendInputs,
     )
 ]

@@ -1,9 +1,10 @@
 """What a capability is: its definition and handler, the context it runs in, the registry of them,
 and input validation.
 
-A capability is a ``CapabilityDefinition`` (what agents see through ``capabilities.list``) plus an
-async handler. Inputs are validated against the definition before the handler runs; a handler
-returns its ``data`` or raises ``CapabilityFailed`` for a failed result.
+A capability is a ``CapabilityDefinition`` (what agents see through ``capabilities.list``), the typed
+model of its inputs (``inputs.py``: it declares them in the definition and validates them), and an
+async handler. A handler gets the validated inputs and returns its ``data`` or raises
+``CapabilityFailed`` for a failed result.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..core.models import CapabilityDefinition, InputSpec, OutputSpec
-from ..errors import InvalidInput, UnknownCapability
+from ..core.models import CapabilityDefinition, OutputSpec
+from ..errors import UnknownCapability
+from .inputs import Inputs, declared, validate
 
 if TYPE_CHECKING:
     from ..config import GatewayConfig
@@ -69,12 +71,25 @@ PolicyCheck = Callable[[Context, CapabilityDefinition, dict[str, Any]], Awaitabl
 
 @dataclass(frozen=True)
 class Capability:
+    """A definition (``inputs`` as the model declares them), its input model, and its handler."""
+
     definition: CapabilityDefinition
     handler: Handler
+    inputs: type[Inputs]
+
+    def __post_init__(self) -> None:
+        if self.definition.inputs != declared(self.inputs):
+            raise TypeError(
+                f"{self.name}: its definition's inputs are not those {self.inputs.__name__} declares"
+            )
 
     @property
     def name(self) -> str:
         return self.definition.name
+
+    def validate(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The inputs checked with the model, defaults filled in; else ``InvalidInput``."""
+        return validate(self.name, self.inputs, self.definition.inputs, inputs)
 
 
 class Registry:
@@ -112,11 +127,12 @@ def define(
     tags: list[str],
     purpose: str,
     when_to_use: str,
-    inputs: list[InputSpec],
+    inputs: type[Inputs],
     outputs: list[tuple[str, str, str]],
     tier: str,
 ) -> CapabilityDefinition:
-    """The definition of ``category.name``; ``outputs`` are (name, type, description) triples."""
+    """The definition of ``category.name``: its inputs as ``inputs`` declares them; ``outputs`` are
+    (name, type, description) triples."""
     return CapabilityDefinition.model_validate(
         {
             "name": f"{category}.{name}",
@@ -124,113 +140,8 @@ def define(
             "tags": tags,
             "purpose": purpose,
             "when_to_use": when_to_use,
-            "inputs": inputs,
+            "inputs": declared(inputs),
             "outputs": [OutputSpec(name=n, type=t, description=d) for n, t, d in outputs],
             "permission_tier": tier,
         }
     )
-
-
-# --- input validation ---------------------------------------------------------------------------
-
-_EXAMPLES = {
-    "string": '"text"',
-    "integer": "42",
-    "number": "1.5",
-    "boolean": "true",
-    "object": '{"key": "value"}',
-    "array": '["a", "b"]',
-    "string_or_array": '"ls -la" or ["ls", "-la"]',
-    "any": '0.85 or {"step": 3}',
-}
-
-
-def json_type(value: object) -> str:
-    """The JSON type name of a decoded JSON value."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
-
-
-def _matches(spec_type: str, value: object) -> bool:
-    if spec_type == "any":
-        return True
-    actual = json_type(value)
-    if spec_type == "number":
-        return actual in ("integer", "number")
-    if spec_type == "string_or_array":
-        return actual == "string" or (actual == "array" and all(isinstance(v, str) for v in value))  # type: ignore[attr-defined]
-    return actual == spec_type
-
-
-def validate_inputs(definition: CapabilityDefinition, inputs: dict[str, Any]) -> dict[str, Any]:
-    """Check ``inputs`` against the definition; return them with defaults filled in.
-
-    Raises ``InvalidInput`` naming the first offending input and how to fix it. ``null`` for an
-    optional input means its default.
-    """
-    specs = {s.name: s for s in definition.inputs}
-    for name in inputs:
-        if name not in specs:
-            known = ", ".join(specs) or "none"
-            raise InvalidInput(
-                name,
-                f"{definition.name} has no input {name!r}",
-                f"remove {name!r}; the inputs of {definition.name} are: {known}",
-            )
-    out: dict[str, Any] = {}
-    for spec in definition.inputs:
-        value = inputs.get(spec.name)
-        if value is None:
-            if spec.required:
-                raise InvalidInput(
-                    spec.name,
-                    f"missing required input {spec.name!r}",
-                    f"pass {spec.name} ({_describe_type(spec)}): {spec.description}",
-                )
-            out[spec.name] = spec.default
-            continue
-        if not _matches(spec.type, value):
-            raise InvalidInput(
-                spec.name,
-                f"input {spec.name!r} must be {_describe_type(spec)}, got {json_type(value)}",
-                f"pass {spec.name} as {_describe_type(spec)}, e.g. {_example(spec)}",
-            )
-        if spec.choices is not None and value not in spec.choices:
-            allowed = ", ".join(repr(c) for c in spec.choices)
-            raise InvalidInput(
-                spec.name,
-                f"input {spec.name!r} must be one of {allowed}, got {value!r}",
-                f"pass {spec.name} as one of {allowed}",
-            )
-        out[spec.name] = value
-    return out
-
-
-def _example(spec: InputSpec) -> str:
-    if spec.choices:
-        return f'"{spec.choices[0]}"'
-    if spec.type == "string" and spec.name in ("path", "src", "dst", "cwd"):
-        return '"/workspace/notes.txt"' if spec.name != "cwd" else '"/workspace"'
-    return _EXAMPLES[spec.type]
-
-
-def _describe_type(spec: InputSpec) -> str:
-    if spec.type == "string_or_array":
-        return "a string or an array of strings"
-    if spec.type == "any":
-        return "any JSON value except null"
-    article = "an" if spec.type[0] in "aeiou" else "a"
-    return f"{article} {spec.type}"

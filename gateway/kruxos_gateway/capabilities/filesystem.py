@@ -4,26 +4,63 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Any
+from typing import Any, Literal
 
-from ..core.models import InputSpec
+from pydantic import Field
+
 from . import _fs_ops as ops
 from .base import Capability, Context, define
+from .inputs import Inputs
 
 _PATH_NOTE = "an absolute path under /workspace, or a path relative to /workspace"
+_ENCODING = '"utf-8" for text (the default) or "base64" for binary data.'
+Encoding = Literal["utf-8", "base64"]
 
 
-def _path(description: str = f"The path: {_PATH_NOTE}.", name: str = "path") -> InputSpec:
-    return InputSpec(name=name, type="string", required=True, description=description)
+class ReadInputs(Inputs):
+    path: str = Field(description=f"The file to read: {_PATH_NOTE}.")
+    encoding: Encoding = Field("utf-8", description=_ENCODING)
 
 
-_ENCODING = InputSpec(
-    name="encoding",
-    type="string",
-    default="utf-8",
-    choices=("utf-8", "base64"),
-    description='"utf-8" for text (the default) or "base64" for binary data.',
-)
+class WriteInputs(Inputs):
+    path: str = Field(description=f"The file to write: {_PATH_NOTE}.")
+    content: str = Field(description="The new contents.")
+    encoding: Encoding = Field("utf-8", description=_ENCODING)
+    create_parents: bool = Field(True, description="Create missing parent directories (default true).")
+    overwrite: bool = Field(
+        True, description="Replace an existing file (default true); false fails with already_exists."
+    )
+
+
+class ListInputs(Inputs):
+    path: str = Field("/workspace", description=f"The directory to list (default /workspace): {_PATH_NOTE}.")
+
+
+class StatInputs(Inputs):
+    path: str = Field(
+        description=f"The path to describe: {_PATH_NOTE}. A symlink is described, not followed."
+    )
+
+
+class DeleteInputs(Inputs):
+    path: str = Field(description=f"The path to delete: {_PATH_NOTE}. A symlink is deleted, not its target.")
+    recursive: bool = Field(False, description="Delete a directory with everything in it (default false).")
+
+
+class MkdirInputs(Inputs):
+    path: str = Field(description=f"The directory to create: {_PATH_NOTE}.")
+    parents: bool = Field(
+        True, description="Create missing parents and accept an existing directory (default true)."
+    )
+
+
+class MoveInputs(Inputs):
+    src: str = Field(description=f"What to move: {_PATH_NOTE}.")
+    dst: str = Field(
+        description=f"Where to move it (the new path, not a directory to move into): {_PATH_NOTE}."
+    )
+    overwrite: bool = Field(False, description="Replace an existing file at dst (default false).")
+    create_parents: bool = Field(True, description="Create missing parent directories of dst (default true).")
 
 
 async def _read(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +125,7 @@ CAPABILITIES = [
             ["safe", "read-only"],
             "Read a file inside the workspace.",
             "When you need the contents of a file: text as UTF-8, anything else with encoding=base64.",
-            [_path(f"The file to read: {_PATH_NOTE}."), _ENCODING],
+            ReadInputs,
             [
                 ("path", "string", "The file's path as /workspace/..."),
                 ("content", "string", "The file's contents, as text or base64."),
@@ -98,6 +135,7 @@ CAPABILITIES = [
             "read",
         ),
         _read,
+        ReadInputs,
     ),
     Capability(
         _definition(
@@ -105,23 +143,7 @@ CAPABILITIES = [
             ["write"],
             "Write a file inside the workspace, atomically (readers see the old or the new content).",
             "When you need to create or replace a file. Parent directories are created by default.",
-            [
-                _path(f"The file to write: {_PATH_NOTE}."),
-                InputSpec(name="content", type="string", required=True, description="The new contents."),
-                _ENCODING,
-                InputSpec(
-                    name="create_parents",
-                    type="boolean",
-                    default=True,
-                    description="Create missing parent directories (default true).",
-                ),
-                InputSpec(
-                    name="overwrite",
-                    type="boolean",
-                    default=True,
-                    description="Replace an existing file (default true); false fails with already_exists.",
-                ),
-            ],
+            WriteInputs,
             [
                 ("path", "string", "The written file's path as /workspace/..."),
                 ("size", "integer", "Bytes written."),
@@ -129,6 +151,7 @@ CAPABILITIES = [
             "write",
         ),
         _write,
+        WriteInputs,
     ),
     Capability(
         _definition(
@@ -136,14 +159,7 @@ CAPABILITIES = [
             ["safe", "read-only"],
             "List the entries of a directory inside the workspace.",
             "When you need to know which files and directories exist; sorted by name, not recursive.",
-            [
-                InputSpec(
-                    name="path",
-                    type="string",
-                    default="/workspace",
-                    description=f"The directory to list (default /workspace): {_PATH_NOTE}.",
-                )
-            ],
+            ListInputs,
             [
                 ("path", "string", "The listed directory as /workspace/..."),
                 ("entries", "array", f"The entries: {_ENTRY}."),
@@ -156,6 +172,7 @@ CAPABILITIES = [
             "read",
         ),
         _list,
+        ListInputs,
     ),
     Capability(
         _definition(
@@ -163,7 +180,7 @@ CAPABILITIES = [
             ["safe", "read-only"],
             "Describe one file, directory or symlink inside the workspace without reading it.",
             "When you need to know whether a path exists, what it is, its size or modification time.",
-            [_path(f"The path to describe: {_PATH_NOTE}. A symlink is described, not followed.")],
+            StatInputs,
             [
                 ("path", "string", "The path as /workspace/..."),
                 ("name", "string", "The last component of the path."),
@@ -176,6 +193,7 @@ CAPABILITIES = [
             "read",
         ),
         _stat,
+        StatInputs,
     ),
     Capability(
         _definition(
@@ -183,15 +201,7 @@ CAPABILITIES = [
             ["write", "destructive"],
             "Delete a file, symlink or directory inside the workspace.",
             "When a file or directory is no longer needed. A non-empty directory needs recursive=true.",
-            [
-                _path(f"The path to delete: {_PATH_NOTE}. A symlink is deleted, not its target."),
-                InputSpec(
-                    name="recursive",
-                    type="boolean",
-                    default=False,
-                    description="Delete a directory with everything in it (default false).",
-                ),
-            ],
+            DeleteInputs,
             [
                 ("path", "string", "The deleted path as /workspace/..."),
                 ("deleted", "boolean", "Always true."),
@@ -200,6 +210,7 @@ CAPABILITIES = [
             "write",
         ),
         _delete,
+        DeleteInputs,
     ),
     Capability(
         _definition(
@@ -207,15 +218,7 @@ CAPABILITIES = [
             ["write"],
             "Create a directory inside the workspace.",
             "When you need an empty directory (filesystem.write creates missing parents itself).",
-            [
-                _path(f"The directory to create: {_PATH_NOTE}."),
-                InputSpec(
-                    name="parents",
-                    type="boolean",
-                    default=True,
-                    description="Create missing parents and accept an existing directory (default true).",
-                ),
-            ],
+            MkdirInputs,
             [
                 ("path", "string", "The directory as /workspace/..."),
                 ("created", "boolean", "False if it already existed."),
@@ -223,6 +226,7 @@ CAPABILITIES = [
             "write",
         ),
         _mkdir,
+        MkdirInputs,
     ),
     Capability(
         _definition(
@@ -230,25 +234,7 @@ CAPABILITIES = [
             ["write"],
             "Move or rename a file or directory inside the workspace.",
             "When you need to rename a file or move it to another directory of the workspace.",
-            [
-                _path(f"What to move: {_PATH_NOTE}.", name="src"),
-                _path(
-                    f"Where to move it (the new path, not a directory to move into): {_PATH_NOTE}.",
-                    name="dst",
-                ),
-                InputSpec(
-                    name="overwrite",
-                    type="boolean",
-                    default=False,
-                    description="Replace an existing file at dst (default false).",
-                ),
-                InputSpec(
-                    name="create_parents",
-                    type="boolean",
-                    default=True,
-                    description="Create missing parent directories of dst (default true).",
-                ),
-            ],
+            MoveInputs,
             [
                 ("src", "string", "The old path as /workspace/..."),
                 ("dst", "string", "The new path as /workspace/..."),
@@ -256,5 +242,6 @@ CAPABILITIES = [
             "write",
         ),
         _move,
+        MoveInputs,
     ),
 ]

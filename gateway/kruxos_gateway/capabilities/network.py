@@ -38,15 +38,19 @@ import urllib.parse
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
+
+from pydantic import Field
 
 from .._version import __version__
 from ..config import NetworkConfig, canonical_network
-from ..core.models import CapabilityDefinition, InputSpec, OutputSpec
+from ..core.models import CapabilityDefinition, OutputSpec
 from ..errors import HostNotAllowed, InvalidInput, NetworkError
 from .base import Capability, Context
+from .inputs import Inputs, declared
 
-METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+METHODS: tuple[str, ...] = get_args(Method)
 MAX_REDIRECTS = 10
 REDIRECTS = (301, 302, 303, 307, 308)
 # Lookups run here, never in the default thread pool that file operations use.
@@ -722,6 +726,18 @@ def _policy_host(url: str) -> str | None:
         return None
 
 
+class RequestInputs(Inputs):
+    url: str = Field(description="An http:// or https:// URL.")
+    method: Method = Field("GET", description="The HTTP method: " + ", ".join(METHODS) + " (default GET).")
+    headers: dict[str, Any] | None = Field(None, description="Request headers (strings).")
+    body: str | None = Field(None, description="The request body, sent as UTF-8.")
+    timeout: int | float | None = Field(
+        None,
+        description="Seconds for the whole request, redirects included (default and cap from the "
+        "gateway configuration).",
+    )
+
+
 DEFINITION = CapabilityDefinition(
     name="network.http_request",
     category="network",
@@ -731,25 +747,7 @@ DEFINITION = CapabilityDefinition(
         "When you need data from a web API or page. Any HTTP status is a successful invocation: "
         "check status. Hosts may be restricted by the operator."
     ),
-    inputs=[
-        InputSpec(name="url", type="string", required=True, description="An http:// or https:// URL."),
-        InputSpec(
-            name="method",
-            type="string",
-            default="GET",
-            choices=METHODS,
-            description="The HTTP method: " + ", ".join(METHODS) + " (default GET).",
-        ),
-        InputSpec(name="headers", type="object", default=None, description="Request headers (strings)."),
-        InputSpec(name="body", type="string", default=None, description="The request body, sent as UTF-8."),
-        InputSpec(
-            name="timeout",
-            type="number",
-            default=None,
-            description="Seconds for the whole request, redirects included (default and cap from the "
-            "gateway configuration).",
-        ),
-    ],
+    inputs=declared(RequestInputs),
     outputs=[
         OutputSpec(name="status", type="integer", description="The HTTP status code."),
         OutputSpec(name="headers", type="object", description="The response headers."),
@@ -764,4 +762,4 @@ DEFINITION = CapabilityDefinition(
     permission_tier="network",
 )
 
-CAPABILITIES = [Capability(DEFINITION, _http_request)]
+CAPABILITIES = [Capability(DEFINITION, _http_request, RequestInputs)]

@@ -21,12 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from ..config import ProcessConfig
-from ..core.models import CapabilityDefinition, InputSpec, OutputSpec
+from ..core.models import CapabilityDefinition, OutputSpec
 from ..errors import ConfigError, ExecutionFailed, InvalidInput, NotADirectory, NotFound, PermissionDenied
 from ..storage import store
 from ._cgroups import CommandCgroups, Limits
 from .base import Capability, Context, RunAs
+from .inputs import Inputs, declared
 from .workspace import WorkspacePath
 
 KILL_GRACE_SECONDS = 2.0
@@ -347,6 +350,23 @@ async def _supervise(
     }
 
 
+class RunInputs(Inputs):
+    command: str | list[str] = Field(
+        description='A shell command line ("ls -la") or an argv array (["ls", "-la"]).'
+    )
+    cwd: str = Field(
+        "/workspace", description="The working directory, under /workspace (default /workspace)."
+    )
+    env: dict[str, Any] | None = Field(
+        None, description="Extra environment variables (strings), added to PATH, LANG and HOME."
+    )
+    timeout: int | float | None = Field(
+        None,
+        description="Seconds before the process group is killed (default and maximum from the "
+        "gateway configuration).",
+    )
+
+
 CAPABILITIES = [
     Capability(
         CapabilityDefinition(
@@ -359,33 +379,7 @@ CAPABILITIES = [
                 "/bin/sh -c; an array runs the program directly. A non-zero exit code is still a successful "
                 "invocation: check exit_code."
             ),
-            inputs=[
-                InputSpec(
-                    name="command",
-                    type="string_or_array",
-                    required=True,
-                    description='A shell command line ("ls -la") or an argv array (["ls", "-la"]).',
-                ),
-                InputSpec(
-                    name="cwd",
-                    type="string",
-                    default="/workspace",
-                    description="The working directory, under /workspace (default /workspace).",
-                ),
-                InputSpec(
-                    name="env",
-                    type="object",
-                    default=None,
-                    description="Extra environment variables (strings), added to PATH, LANG and HOME.",
-                ),
-                InputSpec(
-                    name="timeout",
-                    type="number",
-                    default=None,
-                    description="Seconds before the process group is killed (default and maximum from the "
-                    "gateway configuration).",
-                ),
-            ],
+            inputs=declared(RunInputs),
             outputs=[
                 OutputSpec(
                     name="exit_code", type="integer", description="The exit code; -N if killed by signal N."
@@ -420,5 +414,6 @@ CAPABILITIES = [
             permission_tier="execute",
         ),
         _run,
+        RunInputs,
     )
 ]

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..capabilities.base import Capability, Context, Registry, RunAs, validate_inputs
+from ..capabilities.base import Capability, Context, Registry, RunAs
 from ..errors import ApprovalRequired, CapabilityFailed, GatewayError, PolicyDenied
 from ..storage import store
 from . import ids
@@ -136,7 +136,7 @@ class Pipeline:
         outcome = "internal_error"
         try:
             capability = self.registry.get(name)
-            valid = validate_inputs(capability.definition, inputs)
+            valid = capability.validate(inputs)
             ctx = self.context(caller.key_name, caller.session_id, invocation_id)
             decision = self.policy.decide(caller.key_name, capability.definition, valid)
             if approval_id is None:

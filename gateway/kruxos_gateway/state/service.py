@@ -24,10 +24,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..capabilities.base import Capability, Context, Registry, define
+from ..capabilities.inputs import Inputs, NoInputs
 from ..capabilities.workspace import Workspace
 from ..config import GatewayConfig
 from ..core.methods import Method
-from ..core.models import InputSpec, InvocationResult
+from ..core.models import InvocationResult
 from ..core.pipeline import Pipeline
 from ..core.sessions import Caller
 from ..errors import (
@@ -353,7 +354,7 @@ class StateService:
                 ["write"],
                 "Store a value in this session's memory (gone when the connection ends).",
                 "For scratch data of the current task that nobody else and no later session needs.",
-                [_KEY, _VALUE],
+                KeyValueInputs,
                 _ENTRY_OUT,
                 "write",
                 self._session_set,
@@ -363,7 +364,7 @@ class StateService:
                 ["safe", "read-only"],
                 "Read a value from this session's memory.",
                 "To read back what this session stored; a missing key gives found=false.",
-                [_KEY],
+                KeyInputs,
                 _ENTRY_OUT,
                 "read",
                 self._session_get,
@@ -373,7 +374,7 @@ class StateService:
                 ["safe", "read-only"],
                 "List the keys in this session's memory.",
                 "To see what this session stored, optionally under a prefix.",
-                [_PREFIX],
+                PrefixInputs,
                 [("keys", "array", "The keys, sorted.")],
                 "read",
                 self._session_list,
@@ -383,7 +384,7 @@ class StateService:
                 ["write"],
                 "Delete a key from this session's memory.",
                 "When a session value is no longer needed.",
-                [_KEY],
+                KeyInputs,
                 [("key", "string", "The key."), ("deleted", "boolean", "False if it did not exist.")],
                 "write",
                 self._session_delete,
@@ -393,7 +394,7 @@ class StateService:
                 ["write"],
                 "Store a value for this agent (API key) that survives restarts; each write is a new version.",
                 "For checkpoints and settings this agent needs in later sessions.",
-                [_KEY, _VALUE],
+                KeyValueInputs,
                 _ENTRY_OUT,
                 "write",
                 self._persistent_set,
@@ -403,12 +404,7 @@ class StateService:
                 ["safe", "read-only"],
                 "Read this agent's persistent value (or an older version).",
                 "To resume from a checkpoint or read a setting; a missing key gives found=false.",
-                [
-                    _KEY,
-                    InputSpec(
-                        name="version", type="integer", description="A version to read (default: the newest)."
-                    ),
-                ],
+                PersistentGetInputs,
                 _ENTRY_OUT,
                 "read",
                 self._persistent_get,
@@ -418,15 +414,7 @@ class StateService:
                 ["safe", "read-only"],
                 "List the kept versions of a persistent key, newest first.",
                 "To see how a value changed, or find a version to go back to.",
-                [
-                    _KEY,
-                    InputSpec(
-                        name="limit",
-                        type="integer",
-                        default=10,
-                        description="How many versions (default 10).",
-                    ),
-                ],
+                HistoryInputs,
                 [
                     ("key", "string", "The key."),
                     ("versions", "array", "Entries (key, value, version, updated_at), newest first."),
@@ -439,7 +427,7 @@ class StateService:
                 ["safe", "read-only"],
                 "List this agent's persistent keys.",
                 "To see which persistent keys exist, optionally under a prefix.",
-                [_PREFIX],
+                PrefixInputs,
                 [("keys", "array", "The keys, sorted.")],
                 "read",
                 self._persistent_list,
@@ -449,7 +437,7 @@ class StateService:
                 ["safe", "read-only"],
                 "Read a shared value (visible to every agent) with its version.",
                 "Before a conditional write: pass the version you read as expected_version.",
-                [_KEY],
+                KeyInputs,
                 _SHARED_OUT,
                 "read",
                 self._shared_get,
@@ -460,7 +448,7 @@ class StateService:
                 "Write a shared value; with expected_version, only if nobody wrote since.",
                 "To coordinate with other agents: read, compute, write with expected_version; "
                 "on version_conflict, read again and retry.",
-                [_KEY, _VALUE, _EXPECTED],
+                SharedSetInputs,
                 _SHARED_OUT,
                 "write",
                 self._shared_set,
@@ -470,7 +458,7 @@ class StateService:
                 ["write", "destructive"],
                 "Delete a shared key; with expected_version, only if nobody wrote since.",
                 "When a shared key is no longer needed.",
-                [_KEY, _EXPECTED],
+                SharedDeleteInputs,
                 _SHARED_OUT,
                 "write",
                 self._shared_delete,
@@ -480,7 +468,7 @@ class StateService:
                 ["safe", "read-only"],
                 "Summarise what changed since this agent's (API key's) last session ended.",
                 "At the start of a session: what changed in state, files, approvals and alerts.",
-                [],
+                NoInputs,
                 [("briefing", "object", "summary (text), since, and structured details.")],
                 "read",
                 self._briefing,
@@ -613,21 +601,38 @@ def _shared_wire(change: Change) -> dict[str, Any]:
     return wire
 
 
-_KEY = InputSpec(
-    name="key",
-    type="string",
-    required=True,
-    description="The key, e.g. task.current (at most 256 characters).",
-)
-_VALUE = InputSpec(name="value", type="any", required=True, description="Any JSON value except null.")
-_PREFIX = InputSpec(
-    name="prefix", type="string", default="", description="Only keys starting with this (default: all)."
-)
-_EXPECTED = InputSpec(
-    name="expected_version",
-    type="integer",
-    description="Write only if the key is at this version (0: only if absent); omit to always write.",
-)
+_KEY = "The key, e.g. task.current (at most 256 characters)."
+_EXPECTED = "Write only if the key is at this version (0: only if absent); omit to always write."
+
+
+class KeyInputs(Inputs):
+    key: str = Field(description=_KEY)
+
+
+class KeyValueInputs(KeyInputs):
+    value: Any = Field(description="Any JSON value except null.")
+
+
+class PrefixInputs(Inputs):
+    prefix: str = Field("", description="Only keys starting with this (default: all).")
+
+
+class PersistentGetInputs(KeyInputs):
+    version: int | None = Field(None, description="A version to read (default: the newest).")
+
+
+class HistoryInputs(KeyInputs):
+    limit: int = Field(10, description="How many versions (default 10).")
+
+
+class SharedSetInputs(KeyValueInputs):
+    expected_version: int | None = Field(None, description=_EXPECTED)
+
+
+class SharedDeleteInputs(KeyInputs):
+    expected_version: int | None = Field(None, description=_EXPECTED)
+
+
 _ENTRY_OUT = [
     ("key", "string", "The key."),
     ("found", "boolean", "False if the key (or version) does not exist."),
@@ -647,10 +652,10 @@ def _cap(
     tags: list[str],
     purpose: str,
     when_to_use: str,
-    inputs: list[InputSpec],
+    inputs: type[Inputs],
     outputs: list[tuple[str, str, str]],
     tier: str,
     handler: Callable[[Context, dict[str, Any]], Awaitable[dict[str, Any]]],
 ) -> Capability:
     definition = define("state", name, tags, purpose, when_to_use, inputs, outputs, tier)
-    return Capability(definition, handler)
+    return Capability(definition, handler, inputs)
