@@ -84,6 +84,8 @@ class Approvals:
         self.sessions = sessions
         self.drain_timeout = drain_timeout
         self._wake = asyncio.Event()
+        # Set (and replaced by a fresh one) whenever approvals are resolved: what wait() sleeps on.
+        self._resolved = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
         self._running: dict[str, asyncio.Task[None]] = {}
         self._once: asyncio.Task[None] | None = None
@@ -150,6 +152,22 @@ class Approvals:
     def methods(self) -> list[Method[Any]]:
         """What approvals add to the dispatch table."""
         return [Method("approvals.check", ApprovalParams, self.check)]
+
+    async def wait(self, caller: Caller, approval_id: str, seconds: float) -> dict[str, Any]:
+        """The approval once it is resolved (its result included), or as it stands after
+        ``seconds``; another key's approval is ``not_found``, as for ``check``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        params = ApprovalParams(approval_id=approval_id)
+        while True:
+            approval: dict[str, Any] = (await self.check(caller, params))["approval"]
+            remaining = deadline - loop.time()
+            if approval["resolved"] or remaining <= 0:
+                return approval
+            # Woken by each resolution; at least once a second anyway (a decision made while the
+            # gateway was down is found by the next check, not by a push).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._resolved.wait(), min(remaining, 1.0))
 
     async def check(self, caller: Caller, params: ApprovalParams) -> dict[str, Any]:
         """``approvals.check``: the approval's status, if it belongs to the caller's key."""
@@ -248,3 +266,5 @@ class Approvals:
         data = approval.to_wire()
         for caller in self.sessions.of_key(approval.key_name):
             caller.events.push(APPROVAL_RESOLVED, data)
+        resolved, self._resolved = self._resolved, asyncio.Event()
+        resolved.set()

@@ -36,6 +36,9 @@ class PolicyGate:
     def decide(self, key_name: str, definition: CapabilityDefinition, inputs: Mapping[str, Any]) -> Decision:
         return self.policy.decide(key_name, definition, inputs)
 
+    def may_allow(self, key_name: str, definition: CapabilityDefinition) -> bool:
+        return self.policy.may_allow(key_name, definition)
+
     def reload(self) -> Policy:
         """Load the policy file again; on error raise ``PolicyError`` and keep the current policy."""
         if self.path is None:

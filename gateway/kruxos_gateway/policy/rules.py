@@ -393,6 +393,22 @@ class Policy:
         other = self._first_match(candidates, key_name, definition, inputs, resolved)
         return other if _SEVERITY[other.decision] < _SEVERITY[verdict.decision] else verdict
 
+    def may_allow(self, key_name: str, definition: CapabilityDefinition) -> bool:
+        """Whether some invocation of ``definition`` by ``key_name`` could be allowed (at once or
+        after an approval): false only when a deny applies whatever the inputs. What an MCP client is
+        offered as tools; the decision for each call is still :meth:`decide`'s."""
+        selection = self._candidates.get((definition.name, key_name))
+        if selection is None:
+            selection = self._candidates[(definition.name, key_name)] = self._select(key_name, definition)
+        candidates, _ = selection
+        for input_tests, unless, verdict, members in candidates:  # most restrictive first
+            if verdict.decision == "deny":
+                if not input_tests and unless is None and members is None:
+                    return False  # every invocation stops here
+                continue
+            return True  # an allow or require_approval some inputs reach before any deny
+        return self.default != "deny"
+
     def _first_match(
         self,
         candidates: tuple[_Candidate, ...],
