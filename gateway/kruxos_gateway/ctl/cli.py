@@ -28,6 +28,7 @@ from ..logs import error_line, escape
 from ..pidfile import signal_gateway
 from ..storage import store
 from . import approvals as ctl_approvals
+from . import mcp as ctl_mcp
 from .output import CtlError, print_table
 
 PROG = "kruxosctl"
@@ -78,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     alerts.add_argument("-n", type=int, default=20, help="how many alerts (default 20)")
 
     ctl_approvals.add_parsers(commands)
+    ctl_mcp.add_parsers(commands)
     return parser
 
 
@@ -238,10 +240,9 @@ def run(args: argparse.Namespace) -> None:
     except ConfigError as exc:
         raise CtlError(str(exc), "pass the gateway's configuration with --config FILE") from None
     if (
-        args.command == "keys"
-        and args.keys_command in ("create", "rotate", "revoke")
-        and not KEY_NAME.fullmatch(args.name)
-    ):
+        (args.command == "keys" and args.keys_command in ("create", "rotate", "revoke"))
+        or args.command == "mcp"
+    ) and not KEY_NAME.fullmatch(args.name):
         raise CtlError(
             f"invalid key name {args.name!r}",
             "use 1-64 letters, digits, '.', '_', '-' or '@', starting with a letter or digit",
@@ -275,6 +276,12 @@ def run(args: argparse.Namespace) -> None:
                 with store.transaction(conn):
                     _keys_revoke(conn, args.name)
                 # Committed: now the running gateway closes the key's open connections.
+                _tell_gateway_revoked(config.state_dir, args.name)
+        elif args.command == "mcp":
+            with store.transaction(conn):
+                entry = ctl_mcp.new_entry(conn, config, args)
+            ctl_mcp.show(entry, args.name, output)  # once committed: the key in it works
+            if args.rotate:
                 _tell_gateway_revoked(config.state_dir, args.name)
         elif args.command == "audit":
             _audit_tail(conn, args.n, args.follow)

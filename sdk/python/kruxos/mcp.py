@@ -27,12 +27,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
-from kruxos._config import resolve_api_key, resolve_url
-from kruxos._mcp_config import mcp_url
+from kruxos._config import resolve_api_key, resolve_url, validate_api_key
+from kruxos._mcp_config import McpClient, McpConfig, mcp_config, mcp_url
 from kruxos._version import __version__
 from kruxos.errors import ConfigurationError
 
-__all__ = ["DRAIN_SECONDS", "MAX_MESSAGE_BYTES", "SUBPROTOCOL", "main", "relay"]
+__all__ = ["DRAIN_SECONDS", "MAX_MESSAGE_BYTES", "SUBPROTOCOL", "client_config", "main", "relay"]
 
 PROG = "kruxos.mcp"
 SUBPROTOCOL = "mcp"
@@ -40,6 +40,12 @@ SUBPROTOCOL = "mcp"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # After the client closed stdin, how long answers to what it sent may still take.
 DRAIN_SECONDS = 30.0
+
+
+def client_config(host: str, api_key: str, client: McpClient | None = None) -> McpConfig:
+    """The MCP configuration of ``client`` for the gateway at ``host`` with ``api_key``, without
+    connecting (what ``agent.as_mcp_config()`` returns, for tools such as ``kruxosctl mcp config``)."""
+    return mcp_config(resolve_url(host), validate_api_key(api_key), client)
 
 
 async def relay(
