@@ -75,7 +75,7 @@ async def tool(server: McpServer, name: str, caller: Caller = ALICE, **arguments
 async def test_initialize_speaks_each_known_revision(mcp: tuple[McpServer, Parts], version: str) -> None:
     result = (await call(mcp[0], "initialize", {"protocolVersion": version}))["result"]
     assert result["protocolVersion"] == version
-    assert result["capabilities"] == {"tools": {"listChanged": True}}
+    assert result["capabilities"] == {"tools": {"listChanged": False}}
     assert result["serverInfo"]["name"] == "kruxos"
 
 

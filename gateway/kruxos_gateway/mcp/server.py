@@ -105,7 +105,7 @@ class McpServer:
     def _initialize(self, params: dict[str, Any]) -> dict[str, Any]:
         return {
             "protocolVersion": negotiate(params.get("protocolVersion")),
-            "capabilities": {"tools": {"listChanged": True}},
+            "capabilities": {"tools": {"listChanged": False}},
             "serverInfo": {"name": "kruxos", "title": "KruxOS gateway", "version": __version__},
             "instructions": INSTRUCTIONS,
         }
