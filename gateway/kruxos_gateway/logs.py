@@ -104,5 +104,6 @@ def configure_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # websockets logs every refused handshake and closed connection; the gateway logs its own.
-    logging.getLogger("websockets").setLevel(logging.WARNING)
+    # aiohttp logs every malformed request and dropped connection (aiohttp.server, aiohttp.websocket)
+    # at DEBUG/INFO, with what the client sent; the gateway logs its own, escaped, one line each.
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)

@@ -23,7 +23,7 @@ import pytest
 from kruxos_gateway.storage import db as db_module
 from kruxos_gateway.storage import store
 from kruxos_gateway.storage.db import Database
-from kruxos_gateway.transports import server
+from kruxos_gateway.transports import admission
 from kruxos_gateway.transports.ratelimit import ConnectionGate
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
@@ -428,7 +428,7 @@ async def test_idle_connections_from_the_agents_own_address_do_not_keep_other_ag
     async with running_gateway(config) as gateway:
         idle = [await asyncio.open_connection("127.0.0.1", gateway.port) for _ in range(4)]
         try:
-            await asyncio.sleep(server.EVICTION_GRACE + 0.2)
+            await asyncio.sleep(admission.EVICTION_GRACE + 0.2)
             started = time.monotonic()
             async with gateway.client() as client:
                 assert (await client.result("filesystem.list"))["success"]
