@@ -316,3 +316,26 @@ async def test_overlapping_transactions_of_a_closed_connection_roll_back_newest_
         )
         assert sorted(p.name for p in gw.workspace.iterdir()) == ["f0.txt"]
         assert (gw.workspace / "f0.txt").read_text() == "the only copy"
+
+
+def test_a_restore_raced_by_the_agent_reports_a_note_instead_of_failing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Names the agent's commands move or remove mid-restore (seen under load in the swap race
+    above) leave the path as they made it: the rollback notes it and goes on with the other steps."""
+    ws = Workspace(tmp_path)
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "f").write_text("kept")
+    scratch = tmp_path.parent / f"{tmp_path.name}-scratch"
+    scratch.mkdir()
+    snap = snapshots.take(ws, "/workspace/tree", scratch / "s", snapshots.Budget(1 << 20))
+
+    def vanished(*args: object) -> None:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(snapshots, "_copy_in", vanished)
+    note = snapshots.restore(ws, snap)
+    assert (
+        note
+        == "/workspace/tree: changed while it was being restored (No such file or directory); not restored"
+    )

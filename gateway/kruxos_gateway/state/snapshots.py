@@ -255,6 +255,10 @@ def restore(ws: Workspace, snap: Snapshot) -> str | None:
         return f"{snap.agent}: a parent is now a symlink out of the workspace; not restored"
     except NotADirectoryError:
         return f"{snap.agent}: a parent directory was replaced by a file; not restored"
+    except OSError as exc:
+        # Someone (the agent's own commands) moved, made or removed names along the path while it
+        # was being put back: what is there now is theirs, and nothing was written outside it.
+        return f"{snap.agent}: changed while it was being restored ({exc.strerror}); not restored"
     return None
 
 
