@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from . import compose, pidfile
+from . import compose, pidfile, serving
 from .capabilities._cgroups import CommandCgroups
 from .capabilities.base import RunAs
 from .capabilities.process import resolve_cgroups, resolve_run_as
@@ -31,7 +31,6 @@ from .logs import configure_logging, error_line
 from .policy.rules import Policy, PolicyError, configured_policy
 from .sdnotify import notify
 from .storage.db import Database
-from .transports.server import GatewayServer
 
 log = logging.getLogger("kruxos_gateway")
 PROG = "kruxos-gateway"
@@ -105,7 +104,8 @@ async def run(
         if policy is None:
             policy = configured_policy(config.policy, workspace=Workspace(config.workspace.root))
         parts = compose.build(config, db, policy, run_as=run_as, cgroups=cgroups)
-        server = GatewayServer(config, db, parts.gateway)
+        transports = serving.serve(parts)
+        server = transports.server
         loop.add_signal_handler(signal.SIGHUP, parts.policy.reload_logged)
 
         # SIGUSR1: kruxosctl changed the database (an approval decided, a key revoked): look now.
@@ -132,7 +132,7 @@ async def run(
         await stop.wait()
         notify("STOPPING=1\nSTATUS=draining")
         log.info("shutting down")
-        await server.shutdown()
+        await transports.shutdown()
         await parts.close()
         pidfile.remove(pid_path)
     finally:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kruxos_gateway import compose
+from kruxos_gateway import compose, serving
 from kruxos_gateway.capabilities._cgroups import CommandCgroups
 from kruxos_gateway.capabilities.base import RunAs
 from kruxos_gateway.compose import Parts
@@ -178,12 +178,13 @@ async def running_gateway(
         # over what alice had, as `kruxosctl keys rotate` would.
         key = await db.run(functools.partial(store.create_key, name="alice", take_over=True))
         parts = compose.build(config, db, policy or ALLOW_ALL, run_as=run_as, cgroups=cgroups)
-        server = GatewayServer(config, db, parts.gateway)
+        transports = serving.serve(parts)
+        server = transports.server
         await server.start()
         try:
             yield RunningGateway(server, db, config, key, parts)
         finally:
-            await server.shutdown()
+            await transports.shutdown()
     finally:
         await db.close()
 

@@ -11,14 +11,13 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from kruxos_gateway import compose
+from kruxos_gateway import compose, serving
 from kruxos_gateway.approvals import store as approvals_store
 from kruxos_gateway.compose import Parts
 from kruxos_gateway.policy.gate import PolicyGate
 from kruxos_gateway.policy.rules import parse_policy
 from kruxos_gateway.storage import store
 from kruxos_gateway.storage.db import Database
-from kruxos_gateway.transports.server import GatewayServer
 
 from .support import Client, RunningGateway, eventually, make_config, timeout
 
@@ -50,12 +49,12 @@ async def policed_gateway(tmp_path: Path, **policy: Any) -> AsyncIterator[tuple[
         key = await db.run(functools.partial(store.create_key, name="alice"))
         parts = compose.build(config, db, parse_policy(POLICY, "test-policy.yaml"))
         await parts.start()
-        server = GatewayServer(config, db, parts.gateway)
-        await server.start()
+        transports = serving.serve(parts)
+        await transports.server.start()
         try:
-            yield RunningGateway(server, db, config, key, parts), parts
+            yield RunningGateway(transports.server, db, config, key, parts), parts
         finally:
-            await server.shutdown()
+            await transports.shutdown()
             await parts.close()
     finally:
         await db.close()

@@ -111,7 +111,7 @@ async def echo(request: web.Request) -> web.Response:
         pytest.param("POST", "/v1/supervision", 405, "method_not_allowed", id="post-supervision"),
         pytest.param("POST", "/health", 405, "method_not_allowed", id="post-health"),
         pytest.param("PUT", "/", 405, "method_not_allowed", id="put-root"),
-        pytest.param("POST", "/mcp", 404, "not_found", id="post-unknown-path"),
+        pytest.param("POST", "/console", 404, "not_found", id="post-unknown-path"),
         pytest.param("GET", "/console/x", 404, "not_found", id="get-unknown-path"),
     ],
 )

@@ -169,12 +169,18 @@ def test_a_timed_out_command_of_the_agent_user_is_killed_with_its_children(host:
 
 
 def _quick_start() -> str:
+    return _guide_block("## Quick start", "python")
+
+
+def _guide_block(heading: str, language: str) -> str:
+    """The first ``language`` block under ``heading`` in the SDK guide (skip if there is none)."""
     if not GUIDE.exists():
         pytest.skip(f"no SDK guide at {GUIDE}")
-    section = GUIDE.read_text().split("## Quick start", 1)
-    if len(section) < 2 or "```python" not in section[1]:
-        pytest.skip("the SDK guide has no Quick start code block")
-    return section[1].split("```python", 1)[1].split("```", 1)[0]
+    section = GUIDE.read_text().split(heading, 1)
+    fence = f"```{language}"
+    if len(section) < 2 or fence not in section[1].split("\n## ", 1)[0]:
+        pytest.skip(f"the SDK guide has no {language} block under {heading!r}")
+    return section[1].split(fence, 1)[1].split("```", 1)[0].lstrip("\n")
 
 
 def test_the_guides_quick_start_runs_on_the_device(host: Host, booted: Booted) -> None:
@@ -190,6 +196,41 @@ def test_the_guides_quick_start_runs_on_the_device(host: Host, booted: Booted) -
     assert count
     assert int(count.group(1)) > 0
     assert out[1:] == ["Welcome to KruxOS"]
+
+
+def test_the_guides_mcp_configuration_prints_the_devices_entry(host: Host, booted: Booted) -> None:
+    code = _guide_block("## MCP configuration", "python")
+    shown = json.loads(_guide_block("## MCP configuration", "json"))
+    key = admin_key(host)
+    address = f"localhost:{booted.gateway_port}"
+    code = code.replace('"localhost:7700"', f'"{address}"')
+    code = re.sub(r'api_key="[0-9a-f]{64}"', f'api_key="{key}"', code)
+    host.check_output(f"cat > /root/mcp_config.py <<'EOF'\n{code}EOF")
+    printed = json.loads(host.check_output(f"timeout {timeout(60):.0f} python3 /root/mcp_config.py"))
+    entry = shown["mcpServers"]["kruxos"]
+    assert printed == {
+        "mcpServers": {
+            "kruxos": {
+                "url": entry["url"].replace("localhost:7700", address),
+                "headers": {"Authorization": f"Bearer {key}"},
+            }
+        }
+    }
+
+
+def test_mcp_lists_the_devices_tools_through_the_forwarded_port(host: Host, booted: Booted) -> None:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{booted.vm.ports.gateway}/mcp",
+        data=json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).encode(),
+        headers={
+            "Authorization": f"Bearer {admin_key(host)}",
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=timeout(30)) as response:
+        tools = {t["name"] for t in json.load(response)["result"]["tools"]}
+    assert {"filesystem_read", "process_run", "kruxos_wait_for_approval"} <= tools
 
 
 def test_the_root_file_system_grew_to_fill_the_disk(host: Host) -> None:

@@ -1,0 +1,190 @@
+"""/mcp over plain HTTP and WebSocket, without an MCP library: keys, origins, sessions, revocation.
+
+Runs on both dependency sets (tests/gateway/test_mcp_clients.py drives the real client libraries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from kruxos_gateway.storage import store
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
+
+from ..helpers import timeout
+from .support import RunningGateway, http_get, make_config, running_gateway
+
+pytestmark = pytest.mark.asyncio
+
+MCP = Subprotocol("mcp")
+
+
+@pytest_asyncio.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[RunningGateway]:
+    config = make_config(tmp_path)
+    (config.workspace.root / "notes.txt").write_text("hello from the workspace")
+    async with running_gateway(config) as gw:
+        yield gw
+
+
+def url(gateway: RunningGateway, scheme: str = "http") -> str:
+    return f"{scheme}://127.0.0.1:{gateway.port}/mcp"
+
+
+def rpc(method: str, request_id: int | None = 1, **params: Any) -> bytes:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "params": params}
+    if request_id is not None:
+        message["id"] = request_id
+    return json.dumps(message).encode()
+
+
+def auth(gateway: RunningGateway, **extra: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {gateway.key}", **extra}
+
+
+async def test_a_post_without_a_key_gets_401_and_no_oauth(gateway: RunningGateway) -> None:
+    status, headers, body = await http_post(gateway.port, "/mcp", rpc("ping"), {})
+    assert status == 401
+    assert "www-authenticate" not in {h.lower() for h in headers}
+    assert json.loads(body)["error"]["type"] == "authentication_failed"
+    status, _, _ = await http_get(gateway.port, "/.well-known/oauth-authorization-server")
+    assert status == 404
+
+
+async def test_initialize_opens_a_session_that_later_requests_share(gateway: RunningGateway) -> None:
+    status, headers, body = await http_post(
+        gateway.port, "/mcp", rpc("initialize", protocolVersion="2025-11-25"), auth(gateway)
+    )
+    assert status == 200
+    assert json.loads(body)["result"]["protocolVersion"] == "2025-11-25"
+    session = {k.lower(): v for k, v in headers.items()}["mcp-session-id"]
+    in_session = auth(gateway, **{"Mcp-Session-Id": session})
+    remember = rpc("tools/call", name="state_session_set", arguments={"key": "task", "value": 7})
+    assert (await http_post(gateway.port, "/mcp", remember, in_session))[0] == 200
+    recall = rpc("tools/call", name="state_session_get", arguments={"key": "task"})
+    _, _, body = await http_post(gateway.port, "/mcp", recall, in_session)
+    assert json.loads(body)["result"]["structuredContent"]["value"] == 7
+    _, _, body = await http_post(gateway.port, "/mcp", recall, auth(gateway))  # no session: its own
+    assert json.loads(body)["result"]["structuredContent"]["found"] is False
+    status, _, _ = await http_request(gateway.port, "DELETE", "/mcp", b"", in_session)
+    assert status == 204
+    status, _, body = await http_post(gateway.port, "/mcp", recall, in_session)
+    assert status == 404  # ended: the client initializes again
+    assert json.loads(body)["error"]["recovery"][0]["action"] == "initialize"
+
+
+async def test_another_keys_session_id_is_unknown(gateway: RunningGateway) -> None:
+    other = await gateway.db.run(functools.partial(store.create_key, name="mallory"))
+    _, headers, _ = await http_post(gateway.port, "/mcp", rpc("initialize"), auth(gateway))
+    session = {k.lower(): v for k, v in headers.items()}["mcp-session-id"]
+    stolen = {"Authorization": f"Bearer {other}", "Mcp-Session-Id": session}
+    status, _, _ = await http_post(gateway.port, "/mcp", rpc("ping"), stolen)
+    assert status == 404
+
+
+async def test_a_batch_is_answered_as_an_array(gateway: RunningGateway) -> None:
+    batch = (
+        b"[" + rpc("ping", 1) + b"," + rpc("notifications/initialized", None) + b"," + rpc("ping", 2) + b"]"
+    )
+    status, _, body = await http_post(gateway.port, "/mcp", batch, auth(gateway))
+    assert status == 200
+    assert [answer["id"] for answer in json.loads(body)] == [1, 2]
+
+
+async def test_a_body_that_is_not_json_is_a_parse_error(gateway: RunningGateway) -> None:
+    status, _, body = await http_post(gateway.port, "/mcp", b"{nope", auth(gateway))
+    assert status == 400
+    assert json.loads(body)["error"]["code"] == -32700
+
+
+async def test_a_page_on_this_machine_may_call_a_loopback_gateway(gateway: RunningGateway) -> None:
+    status, _, _ = await http_post(
+        gateway.port, "/mcp", rpc("ping"), auth(gateway, Origin="http://localhost:3000")
+    )
+    assert status == 200
+
+
+async def test_a_revoked_keys_websocket_ends_at_its_next_message(gateway: RunningGateway) -> None:
+    async with connect(url(gateway, "ws"), subprotocols=[MCP], additional_headers=auth(gateway)) as ws:
+        await ws.send(rpc("ping").decode())
+        assert json.loads(await asyncio.wait_for(ws.recv(), timeout(10)))["id"] == 1
+        await gateway.db.run(functools.partial(store.revoke_key, name="alice"))
+        await ws.send(rpc("ping", 2).decode())
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), timeout(10))
+        assert ws.close_code == 4401
+    status, _, _ = await http_post(gateway.port, "/mcp", rpc("ping"), auth(gateway))
+    assert status == 401
+
+
+async def test_a_web_page_from_elsewhere_is_refused(gateway: RunningGateway) -> None:
+    headers = {"Authorization": f"Bearer {gateway.key}", "Origin": "http://evil.example"}
+    ping = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}).encode()
+    status, _, _ = await http_post(gateway.port, "/mcp", ping, headers)
+    assert status == 403
+
+
+async def test_notifications_get_202_and_get_without_upgrade_405(gateway: RunningGateway) -> None:
+    headers = {"Authorization": f"Bearer {gateway.key}"}
+    note = json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}).encode()
+    status, _, body = await http_post(gateway.port, "/mcp", note, headers)
+    assert (status, body) == (202, b"")
+    status, _, _ = await http_get(gateway.port, "/mcp", headers)
+    assert status == 405
+
+
+async def test_the_websocket_path_speaks_json_rpc_per_text_frame(gateway: RunningGateway) -> None:
+    headers = {"Authorization": f"Bearer {gateway.key}"}
+    async with connect(url(gateway, "ws"), subprotocols=[MCP], additional_headers=headers) as ws:
+        initialize = {"protocolVersion": "2025-06-18"}
+        await ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": initialize}))
+        init = json.loads(await asyncio.wait_for(ws.recv(), timeout(10)))
+        assert init["result"]["protocolVersion"] == "2025-06-18"
+        call = {"name": "filesystem_read", "arguments": {"path": "notes.txt"}}
+        await ws.send(json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call}))
+        read = json.loads(await asyncio.wait_for(ws.recv(), timeout(10)))
+        assert read["id"] == 2
+        assert read["result"]["structuredContent"]["content"] == "hello from the workspace"
+    wrong = {"Authorization": "Bearer " + "1" * 64}
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(url(gateway, "ws"), subprotocols=[MCP], additional_headers=wrong):
+            pass
+    assert refused.value.response.status_code == 401
+
+
+async def http_request(
+    port: int, method: str, path: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, dict[str, str], bytes]:
+    """A plain HTTP/1.1 request; returns status, headers and body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        writer.write(
+            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Accept: application/json, text/event-stream\r\nContent-Length: {len(body)}\r\n{head}"
+            "Connection: close\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), timeout(10))
+    finally:
+        writer.close()
+    head_text, _, rest = raw.partition(b"\r\n\r\n")
+    lines = head_text.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    parsed = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return status, parsed, rest
+
+
+async def http_post(
+    port: int, path: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, dict[str, str], bytes]:
+    return await http_request(port, "POST", path, body, headers)
