@@ -32,6 +32,8 @@ def serve(parts: Parts) -> Serving:
     either count toward one limit per address."""
     server = GatewayServer(parts.config, parts.db, parts.gateway)
     tools = McpServer(parts.registry, parts.policy, parts.pipeline, parts.approvals)
-    mcp = McpEndpoint(tools, parts.sessions, server.supervision.authenticate, parts.db)
+    mcp = McpEndpoint(
+        tools, parts.sessions, server.supervision.authenticate, parts.db, parts.config.limits.max_in_flight
+    )
     server.add_routes(mcp.routes())
     return Serving(server, mcp)

@@ -188,3 +188,23 @@ async def http_post(
     port: int, path: str, body: bytes, headers: dict[str, str]
 ) -> tuple[int, dict[str, str], bytes]:
     return await http_request(port, "POST", path, body, headers)
+
+
+async def test_one_key_cannot_hold_more_than_max_in_flight_and_others_still_get_in(tmp_path: Path) -> None:
+    async with running_gateway(make_config(tmp_path, limits={"max_in_flight": 2})) as gw:
+        other = await gw.db.run(functools.partial(store.create_key, name="bob"))
+        slow = rpc("tools/call", name="process_run", arguments={"command": "sleep 1"})
+        held = [asyncio.create_task(http_post(gw.port, "/mcp", slow, auth(gw))) for _ in range(2)]
+        await asyncio.sleep(0.3)
+        status, _, body = await http_post(gw.port, "/mcp", rpc("ping"), auth(gw))
+        assert status == 429
+        assert json.loads(body)["error"]["type"] == "too_many_requests"
+        async with connect(url(gw, "ws"), subprotocols=[MCP], additional_headers=auth(gw)) as ws:
+            await ws.send(rpc("ping", 9).decode())
+            refused = json.loads(await asyncio.wait_for(ws.recv(), timeout(10)))
+            assert (refused["id"], refused["error"]["code"]) == (9, -32000)
+        bobs, _, _ = await http_post(gw.port, "/mcp", rpc("ping"), {"Authorization": f"Bearer {other}"})
+        assert bobs == 200
+        assert [s for s, _, _ in await asyncio.gather(*held)] == [200, 200]
+        status, _, _ = await http_post(gw.port, "/mcp", rpc("ping"), auth(gw))
+        assert status == 200  # the slots are free again

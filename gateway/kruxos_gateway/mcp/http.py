@@ -46,6 +46,8 @@ SUBPROTOCOL = "mcp"
 SESSION_HEADER = "Mcp-Session-Id"
 MAX_SESSIONS_PER_KEY = 32
 SESSION_IDLE_SECONDS = 3600.0
+# JSON-RPC error of a message refused because its key has too many being answered (server range).
+TOO_MANY_REQUESTS = -32000
 # A batch (2025-03-26 clients) is answered as one JSON array; it is bounded like a frame.
 MAX_BATCH = 64
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a tool result may carry a whole file (filesystem.max_read_bytes)
@@ -66,13 +68,22 @@ class McpEndpoint:
     """The routes of ``/mcp`` for one gateway."""
 
     def __init__(
-        self, server: McpServer, sessions: Sessions, authenticate: Authenticate, db: Database
+        self,
+        server: McpServer,
+        sessions: Sessions,
+        authenticate: Authenticate,
+        db: Database,
+        max_in_flight: int,
     ) -> None:
         self.server = server
         self.db = db
         self.sessions = sessions
         self.authenticate = authenticate
         self._http_sessions: dict[str, OrderedDict[str, _Session]] = {}
+        # Messages of each key being answered, over HTTP and WebSockets together: one key cannot
+        # hold more of the gateway than limits.max_in_flight, as on one supervision connection.
+        self.max_in_flight = max_in_flight
+        self._in_flight: dict[str, int] = {}
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -122,9 +133,14 @@ class McpEndpoint:
             headers.append((SESSION_HEADER, session.caller.session_id))
         own = session is None  # no session asked for: this request runs in one of its own
         caller = session.caller if session is not None else Caller(key.name, "mcp-" + secrets.token_hex(16))
+        if not self._enter(key.name):
+            if own:
+                await self.sessions.closed(caller)
+            return self._busy(key.name)
         try:
             answers = [a for a in [await self.server.handle(caller, m) for m in messages] if a is not None]
         finally:
+            self._leave(key.name)
             if own:
                 await self.sessions.closed(caller)
         if not answers:
@@ -215,12 +231,47 @@ class McpEndpoint:
         except ValueError:
             answer: Any = _rpc_error(None, PARSE_ERROR, "the frame is not JSON")
         else:
-            answer = await self.server.handle(caller, message)
+            if not self._enter(caller.key_name):
+                request_id = message.get("id") if isinstance(message, dict) else None
+                answer = _rpc_error(request_id, TOO_MANY_REQUESTS, self._busy_message(caller.key_name))
+            else:
+                try:
+                    answer = await self.server.handle(caller, message)
+                finally:
+                    self._leave(caller.key_name)
         if answer is not None and not ws.closed:
             with contextlib.suppress(ConnectionError):
                 await ws.send_str(json.dumps(answer, ensure_ascii=False))
 
     # --- keys and sessions ----------------------------------------------------------------------
+
+    def _enter(self, key_name: str) -> bool:
+        held = self._in_flight.get(key_name, 0)
+        if held >= self.max_in_flight:
+            return False
+        self._in_flight[key_name] = held + 1
+        return True
+
+    def _leave(self, key_name: str) -> None:
+        held = self._in_flight[key_name] - 1
+        if held:
+            self._in_flight[key_name] = held
+        else:
+            del self._in_flight[key_name]
+
+    def _busy_message(self, key_name: str) -> str:
+        return f"key {key_name!r} already has {self.max_in_flight} MCP messages being answered"
+
+    def _busy(self, key_name: str) -> web.Response:
+        return error_response(
+            HTTPStatus.TOO_MANY_REQUESTS,
+            "too_many_requests",
+            self._busy_message(key_name),
+            "retry_later",
+            "wait for an answer, then send the next message",
+            headers=[("Retry-After", "1")],
+            close=False,
+        )
 
     async def _key(self, request: web.Request) -> store.LiveKey | web.Response:
         key = await self.authenticate(request)
