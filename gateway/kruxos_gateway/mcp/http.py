@@ -95,9 +95,6 @@ class McpEndpoint:
     # --- Streamable HTTP ----------------------------------------------------------------------
 
     async def post(self, request: web.Request) -> web.StreamResponse:
-        refusal = _origin_refusal(request)
-        if refusal is not None:
-            return refusal
         key = await self._key(request)
         if isinstance(key, web.Response):
             return key
@@ -161,9 +158,6 @@ class McpEndpoint:
         )
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
-        refusal = _origin_refusal(request)
-        if refusal is not None:
-            return refusal
         key = await self._key(request)
         if isinstance(key, web.Response):
             return key
@@ -185,9 +179,6 @@ class McpEndpoint:
     # --- WebSocket ------------------------------------------------------------------------------
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
-        refusal = _origin_refusal(request)
-        if refusal is not None:
-            return refusal
         key = await self._key(request)
         if isinstance(key, web.Response):
             return key
@@ -274,6 +265,10 @@ class McpEndpoint:
         )
 
     async def _key(self, request: web.Request) -> store.LiveKey | web.Response:
+        """The request's live key, or the refusal to send: a web page's (``Origin``), or the key's."""
+        refusal = _origin_refusal(request)
+        if refusal is not None:
+            return refusal
         key = await self.authenticate(request)
         if isinstance(key, web.Response):
             return key
