@@ -129,6 +129,7 @@ async def run(
                 "process.run_as_user is not set: process.run runs commands as the gateway's user (uid %d)",
                 os.getuid(),
             )
+        log.info("%s", parts.files.describe())
         await stop.wait()
         notify("STOPPING=1\nSTATUS=draining")
         log.info("shutting down")

@@ -4,6 +4,7 @@ Nothing here decides anything; it only hands each feature its narrow collaborato
 feature reaches into another or changes one after it was built::
 
     workspace, policy gate ─┐
+    file work ──────────────┤   (the gateway's threads, or one worker process per key's uid)
     state service ──────────┼─> registry (built-in capabilities + state's)
     approval book ──────────┤
     registry, policy, book ─┴─> pipeline (observers: state's file records)
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from .approvals.service import ApprovalBook, Approvals
 from .capabilities._cgroups import CommandCgroups
+from .capabilities._fs_client import FileWork, file_work
 from .capabilities.base import Registry, RunAs
 from .capabilities.builtin import builtin_capabilities
 from .capabilities.workspace import Workspace
@@ -49,6 +51,7 @@ class Parts:
     db: Database
     workspace: Workspace
     policy: PolicyGate
+    files: FileWork
     registry: Registry
     pipeline: Pipeline
     approvals: Approvals
@@ -62,8 +65,10 @@ class Parts:
         await self.approvals.start(self.config.policy.approval_poll_interval)
 
     async def close(self) -> None:
-        """After the transports drained: let approved invocations that are running finish."""
+        """After the transports drained: let approved invocations that are running finish, then stop
+        the file workers."""
         await self.approvals.close()
+        await self.files.close()
 
 
 def build(
@@ -78,7 +83,8 @@ def build(
     workspace = Workspace(config.workspace.root)
     gate = PolicyGate(policy, Path(config.policy.file), workspace)
     state = StateService(config, db, workspace)
-    registry = Registry([*builtin_capabilities(), *state.capabilities()])
+    files = file_work(config, run_as, cgroups)  # nothing starts until a key's first file call
+    registry = Registry([*builtin_capabilities(files), *state.capabilities()])
     book = ApprovalBook(db, config.policy.approval_timeout)
     pipeline = Pipeline(
         registry,
@@ -98,6 +104,7 @@ def build(
         db=db,
         workspace=workspace,
         policy=gate,
+        files=files,
         registry=registry,
         pipeline=pipeline,
         approvals=approvals,

@@ -57,6 +57,10 @@ class AuthConfig(_Section):
 class FilesystemConfig(_Section):
     max_read_bytes: PositiveInt = 10_485_760
     max_write_bytes: PositiveInt = 10_485_760
+    # With process.key_uid_base, each key's file work runs in a worker process of its uid: one that
+    # has no call for this long exits; one that does not answer a call within worker_timeout is killed.
+    worker_idle_timeout: PositiveFloat = 60.0
+    worker_timeout: PositiveFloat = 120.0
 
 
 class ProcessConfig(_Section):

@@ -45,9 +45,10 @@ Not wire errors (start-up, reload and the command lines)::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .core.models import ErrorInfo, RecoveryAction
+if TYPE_CHECKING:
+    from .core.models import ErrorInfo
 
 
 class GatewayError(Exception):
@@ -69,6 +70,10 @@ class GatewayError(Exception):
 
     def to_info(self) -> ErrorInfo:
         """The wire error object for this error."""
+        # Imported here, not with the module: the file worker (capabilities/fs_worker.py) raises
+        # these errors without pydantic, and only the gateway turns them into wire objects.
+        from .core.models import ErrorInfo, RecoveryAction
+
         return ErrorInfo(
             type=self.error_type,
             message=self.message,

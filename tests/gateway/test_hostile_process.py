@@ -102,10 +102,11 @@ async def test_a_fork_right_at_the_start_still_lands_in_the_commands_cgroup(
     assert f"{cgroup_root.name}/cmd-" in data["stdout"], data["stdout"]
 
 
+@pytest.mark.parametrize("name", ["cmd-leftover", "fs-leftover"], ids=["command", "file-worker"])
 def test_commands_left_by_a_gateway_that_stopped_are_killed_at_the_next_start(
-    tmp_path: Path, cgroup_root: Path
+    tmp_path: Path, cgroup_root: Path, name: str
 ) -> None:
-    leftover = cgroup_root / "cmd-leftover"
+    leftover = cgroup_root / name
     leftover.mkdir()
     orphan = subprocess.Popen(["sleep", "300"], start_new_session=True)
     try:

@@ -30,6 +30,8 @@ CGROUP_MOUNT = Path("/sys/fs/cgroup")
 #: What ``process.cgroup_root`` says for the parent of the gateway's own cgroup.
 DELEGATED = "delegated"
 PREFIX = "cmd-"
+WORKER_PREFIX = "fs-"  # a key's file worker (capabilities/fs_worker.py): swept alike, apart in listings
+PREFIXES = (PREFIX, WORKER_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -108,17 +110,21 @@ class CommandCgroups:
                 (self.root / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in sorted(wanted)))
 
     def sweep(self) -> int:
-        """Kill and remove the command cgroups a stopped gateway left; return how many there were."""
+        """Kill and remove the cgroups of commands and file workers a stopped gateway left; return
+        how many there were."""
         found = 0
-        for path in self.root.glob(f"{PREFIX}*"):
-            if path.is_dir():
-                found += 1
-                self.kill(path)
-                self.remove(path)
+        for prefix in PREFIXES:
+            for path in self.root.glob(f"{prefix}*"):
+                if path.is_dir():
+                    found += 1
+                    self.kill(path)
+                    self.remove(path)
         return found
 
-    def create(self) -> Path:
-        path = self.root / f"{PREFIX}{secrets.token_hex(6)}"
+    def create(self, prefix: str = PREFIX) -> Path:
+        """A new cgroup with the limits: ``cmd-…`` for a command, ``fs-…`` for a file worker."""
+        assert prefix in PREFIXES
+        path = self.root / f"{prefix}{secrets.token_hex(6)}"
         path.mkdir(mode=0o755)
         try:
             self._limit(path)

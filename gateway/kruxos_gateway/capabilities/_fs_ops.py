@@ -1,9 +1,14 @@
-"""Blocking filesystem operations behind the ``filesystem.*`` capabilities (run in worker threads).
+"""Blocking filesystem operations behind the ``filesystem.*`` capabilities.
 
 Every path is walked beneath the workspace by ``Workspace.locate``, which holds the descriptor of
 the final component's parent; every operation is done relative to that descriptor and never follows
 the final name (``O_NOFOLLOW``, ``follow_symlinks=False``, ``O_CREAT|O_EXCL`` temporary files), so
 a symlink swapped in at any step after the walk cannot lead it out of the workspace.
+
+They run where ``_fs_client.py`` puts them, always as the :data:`REQUESTS` below: in the gateway's
+threads, or in the calling key's file worker (``fs_worker.py``), a process of that key's uid. The
+worker imports this module, so it imports nothing beyond the standard library, ``workspace`` and
+``errors`` (nothing of the database or the agent state).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import shutil
 import stat
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import (
     AlreadyExists,
@@ -32,7 +37,6 @@ from ..errors import (
     PermissionDenied,
     TooLarge,
 )
-from ..storage import store
 from .workspace import VIRTUAL_ROOT, Location, Workspace, dir_mode_beneath, file_mode_beneath, wire_name
 
 MAX_LIST_ENTRIES = 10_000
@@ -71,7 +75,11 @@ def os_errors(agent: str) -> Iterator[None]:
         raise PermissionDenied(
             f"permission denied for {agent}",
             recovery=[
-                ("check_permissions", "the gateway's user cannot access this path; choose another one")
+                (
+                    "check_permissions",
+                    "the user file work runs as (this key's own uid, or the gateway's) cannot access "
+                    "this path; choose another one",
+                )
             ],
             details={"path": agent},
         ) from None
@@ -98,7 +106,20 @@ def too_large(agent: str, size: int, limit: int, what: str) -> TooLarge:
 
 
 def iso_time(timestamp: float) -> str:
-    return store.iso_ms(datetime.fromtimestamp(timestamp, UTC))
+    """A file time as the gateway writes every time (``storage.store.iso_ms``, which the file worker
+    does not import): ISO 8601 UTC with milliseconds, truncated."""
+    when = datetime.fromtimestamp(timestamp, UTC)
+    if when.year < 1000:  # strftime's %Y is not zero-padded; keep its exact text for such years
+        return when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return "%d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031 (twice as fast as strftime)
+        when.year,
+        when.month,
+        when.day,
+        when.hour,
+        when.minute,
+        when.second,
+        when.microsecond // 1000,
+    )
 
 
 def file_type(mode: int) -> str:
@@ -117,6 +138,11 @@ def _open_at(loc: Location, flags: int) -> int:
 
 
 def read(ws: Workspace, path: str, encoding: str, max_bytes: int) -> dict[str, Any]:
+    return encode_read(*read_bytes(ws, path, max_bytes), encoding)
+
+
+def read_bytes(ws: Workspace, path: str, max_bytes: int) -> tuple[str, bytes]:
+    """The agent path and content of a regular file of at most ``max_bytes``."""
     agent = ws.agent_path(path)
     with os_errors(agent), ws.locate(agent) as loc:
         # O_NONBLOCK: opening a FIFO must not hang the worker thread.
@@ -139,6 +165,12 @@ def read(ws: Workspace, path: str, encoding: str, max_bytes: int) -> dict[str, A
             os.close(fd)
     if len(data) > max_bytes:  # grew since fstat
         raise too_large(agent, len(data), max_bytes, "read")
+    return agent, data
+
+
+def encode_read(agent: str, data: bytes, encoding: str) -> dict[str, Any]:
+    """``filesystem.read``'s result: ``data`` as UTF-8 text (``execution_failed`` if it is not) or
+    base64."""
     if encoding == "base64":
         content = base64.b64encode(data).decode("ascii")
     else:
@@ -251,12 +283,16 @@ def write(
     return {"path": agent, "size": len(data)}
 
 
+def entry_path(agent_dir: str, name: str) -> str:
+    """The agent path of the entry ``name`` (as :func:`wire_name` writes it) of a listed directory."""
+    return f"{agent_dir.rstrip('/')}/{name}"
+
+
 def _entry(agent_dir: str, disk: str, st: os.stat_result) -> dict[str, Any]:
     name = wire_name(disk)
-    agent = f"{agent_dir.rstrip('/')}/{name}"
     return {
         "name": name,
-        "path": agent,
+        "path": entry_path(agent_dir, name),
         "type": file_type(st.st_mode),
         "size": st.st_size,
         "modified": iso_time(st.st_mtime),
@@ -415,3 +451,67 @@ def _rename_no_replace(s: Location, d: Location) -> None:
         if code not in (errno.ENOSYS, errno.EINVAL):
             raise OSError(code, os.strerror(code), d.name)
     os.rename(s.name, d.name, src_dir_fd=s.parent_fd, dst_dir_fd=d.parent_fd)
+
+
+# --- the operations as requests --------------------------------------------------------------------
+
+
+class Request(Protocol):
+    """One operation as both drivers run it: the workspace, the arguments (JSON values), the raw
+    bytes of a write; returns the result and the raw bytes of a read."""
+
+    def __call__(
+        self, ws: Workspace, args: dict[str, Any], data: bytes, /
+    ) -> tuple[dict[str, Any], bytes]: ...
+
+
+def _read_request(ws: Workspace, args: dict[str, Any], data: bytes) -> tuple[dict[str, Any], bytes]:
+    agent, content = read_bytes(ws, args["path"], args["max_bytes"])
+    return {"path": agent, "size": len(content)}, content
+
+
+def _write_request(ws: Workspace, args: dict[str, Any], data: bytes) -> tuple[dict[str, Any], bytes]:
+    result = write(
+        ws,
+        args["path"],
+        data,
+        create_parents=args["create_parents"],
+        overwrite=args["overwrite"],
+        max_bytes=args["max_bytes"],
+    )
+    return result, b""
+
+
+def _list_request(ws: Workspace, args: dict[str, Any], data: bytes) -> tuple[dict[str, Any], bytes]:
+    return list_dir(ws, args["path"]), b""
+
+
+def _stat_request(ws: Workspace, args: dict[str, Any], data: bytes) -> tuple[dict[str, Any], bytes]:
+    return stat_path(ws, args["path"]), b""
+
+
+def _delete_request(ws: Workspace, args: dict[str, Any], data: bytes) -> tuple[dict[str, Any], bytes]:
+    return delete(ws, args["path"], args["recursive"]), b""
+
+
+def _mkdir_request(ws: Workspace, args: dict[str, Any], data: bytes) -> tuple[dict[str, Any], bytes]:
+    return mkdir(ws, args["path"], args["parents"]), b""
+
+
+def _move_request(ws: Workspace, args: dict[str, Any], data: bytes) -> tuple[dict[str, Any], bytes]:
+    result = move(
+        ws, args["src"], args["dst"], overwrite=args["overwrite"], create_parents=args["create_parents"]
+    )
+    return result, b""
+
+
+#: Every operation by the name the file worker's protocol gives it (``_fs_wire.py``).
+REQUESTS: dict[str, Request] = {
+    "read": _read_request,
+    "write": _write_request,
+    "list": _list_request,
+    "stat": _stat_request,
+    "delete": _delete_request,
+    "mkdir": _mkdir_request,
+    "move": _move_request,
+}

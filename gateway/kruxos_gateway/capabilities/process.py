@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import grp
 import os
 import pwd
-import resource
 import shutil
 import signal
 import time
@@ -26,14 +24,18 @@ from pydantic import Field
 from ..config import ProcessConfig
 from ..core.models import CapabilityDefinition, OutputSpec
 from ..errors import ConfigError, ExecutionFailed, InvalidInput, NotADirectory, NotFound, PermissionDenied
-from ..storage import store
 from ._cgroups import CommandCgroups, Limits
+from ._spawn import (
+    KILL_GRACE_SECONDS,
+    apply_rlimits,
+    clean_environment,
+    credentials,
+    has_rlimits,
+    release_cgroup,
+)
 from .base import Capability, Context, RunAs
 from .inputs import Inputs, declared
 from .workspace import WorkspacePath
-
-KILL_GRACE_SECONDS = 2.0
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def resolve_run_as(config: ProcessConfig) -> RunAs | None:
@@ -116,14 +118,8 @@ class _Command:
 
     async def release(self) -> None:
         """Kill whatever the command left in its cgroup (daemons too) and remove the cgroup."""
-        if self.cgroup is None:
-            return
-        CommandCgroups.kill(self.cgroup)
-        deadline = time.monotonic() + KILL_GRACE_SECONDS
-        # Polled: the kernel reports a cgroup emptied only through cgroup.events (inotify), and the
-        # killed processes are gone within milliseconds.
-        while not CommandCgroups.try_remove(self.cgroup) and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
+        if self.cgroup is not None:
+            await release_cgroup(self.cgroup)
 
 
 async def _terminate_group(command: _Command) -> None:
@@ -156,9 +152,7 @@ def _environment(ctx: Context, extra: dict[str, Any]) -> dict[str, str]:
                 f"env[{name!r}] must be a string",
                 'pass env as an object of strings, e.g. {"DEBUG": "1"}',
             )
-    # A clean environment: nothing of the gateway's own (its PATH names its virtual environment on a
-    # host, its other variables say how it runs) reaches a command; the agent adds what it needs.
-    env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8", "HOME": ctx.workspace.root}
+    env = clean_environment(ctx.workspace.root)  # the agent adds what it needs
     env.update(extra)
     return env
 
@@ -166,24 +160,6 @@ def _environment(ctx: Context, extra: dict[str, Any]) -> dict[str, str]:
 #: Run by /bin/sh in front of a gated command: wait for the gateway's word on stdin (a pipe), then
 #: give the command /dev/null as stdin and become it. EOF (the gateway went away) runs nothing.
 _GATE = 'read -r _ || exit 125; exec </dev/null; exec "$@"'
-
-
-async def _identity(ctx: Context) -> dict[str, Any]:
-    """Who the command runs as: the configured user, or the calling key's own uid in its group."""
-    run_as = ctx.run_as
-    if run_as is None:
-        return {}
-    if run_as.key_uids is None:
-        return {"user": run_as.uid, "group": run_as.gid, "extra_groups": list(run_as.extra_groups)}
-    base, count = run_as.key_uids
-    number = await ctx.db.run(functools.partial(store.key_number, name=ctx.key_name))
-    if number >= count:
-        raise ExecutionFailed(
-            f"key {ctx.key_name!r} is number {number}, past the {count} uids of process.key_uid_count",
-            recovery=[("ask_operator", "ask the operator to raise process.key_uid_count")],
-        )
-    # No supplementary groups: the workspace group is what every key's commands share, and all.
-    return {"user": base + number, "group": run_as.gid, "extra_groups": []}
 
 
 def _not_found(missing: str) -> NotFound:
@@ -205,24 +181,6 @@ def _check_program(program: str, cwd: WorkspacePath, path: str) -> None:
         raise _not_found(program)
     if not os.access(found, os.X_OK):
         raise _cannot_start(program)
-
-
-def _has_rlimits(limits: ProcessConfig) -> bool:
-    return limits.max_memory_bytes is not None or limits.max_tasks is not None
-
-
-def _apply_rlimits(ctx: Context, pid: int, limits: ProcessConfig) -> None:
-    """Without cgroups: per-process limits, weaker (a process's own, or its uid's, not its tree's)."""
-    settings = [
-        (resource.RLIMIT_AS, limits.max_memory_bytes),
-        (resource.RLIMIT_NPROC, limits.max_tasks),
-    ]
-    for which, value in settings:
-        if value is not None:
-            try:
-                resource.prlimit(pid, which, (value, value))
-            except PermissionError:  # another uid, and no CAP_SYS_RESOURCE
-                ctx.log.warning("process.run: cannot set resource limits on pid %d (no cgroups)", pid)
 
 
 async def _run(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -247,11 +205,12 @@ async def _run(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
         )
     timeout = min(float(timeout), limits.max_timeout)
 
-    kwargs = await _identity(ctx)
+    identity = await credentials(ctx)
+    kwargs = identity.popen_kwargs() if identity is not None else {}
     cgroups = ctx.cgroups
     # A command that gets a cgroup or limits waits, before it runs anything, until it has them: a
     # command that forked at once could otherwise leave a child outside its cgroup.
-    gated = cgroups is not None or _has_rlimits(limits)
+    gated = cgroups is not None or has_rlimits(limits)
     gate_read = gate_write = -1
     spawn_argv = argv
     if gated:
@@ -300,7 +259,7 @@ async def _run(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
                 command.cgroup = cgroups.create()
                 cgroups.add(command.cgroup, proc.pid)
             else:
-                _apply_rlimits(ctx, proc.pid, limits)
+                apply_rlimits(ctx.log, proc.pid, limits)
             os.write(gate_write, b"go\n")
         except BaseException:
             await _kill_now(command)
