@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,7 +27,6 @@ import pytest
 from kruxos import AsyncAgent, CapabilityError, transaction
 from kruxos_gateway import compose
 from kruxos_gateway.capabilities import _fs_client, _fs_ops, _fs_wire, fs_worker
-from kruxos_gateway.capabilities._cgroups import CommandCgroups
 from kruxos_gateway.capabilities._fs_client import FileWorkers
 from kruxos_gateway.capabilities.process import resolve_cgroups, resolve_run_as
 from kruxos_gateway.capabilities.workspace import Workspace
@@ -36,7 +35,7 @@ from kruxos_gateway.storage import store
 from kruxos_gateway.storage.db import Database
 
 from .state_support import agent
-from .support import Client, RunningGateway, eventually, make_config, running_gateway, timeout, wait_until
+from .support import Client, RunningGateway, eventually, make_config, running_gateway, timeout
 
 BASE = 300_000
 GROUP = "nogroup"
@@ -358,25 +357,6 @@ async def test_a_stalled_worker_is_sent_at_most_8_calls_and_the_rest_go_to_its_s
         await alice_again.data("process.run", command=f"kill -KILL {pid}")
         answers = [await alice.recv() for _ in sent]
     assert sorted(a["result"]["success"] for a in answers) == [False] * 8 + [True] * 4
-
-
-@pytest.fixture
-def cgroup_root() -> Iterator[Path]:
-    """A cgroup (v2) of the test's own, standing in for the unit's delegated subtree."""
-    mounts = [Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")]
-    parent = next((m for m in mounts if (m / "cgroup.procs").is_file() and os.access(m, os.W_OK)), None)
-    if parent is None:
-        pytest.skip("needs a writable cgroup v2 hierarchy (root on a host with /sys/fs/cgroup)")
-    root = parent / f"kruxos-test-{os.getpid()}-{time.monotonic_ns()}"
-    root.mkdir()
-    try:
-        yield root
-    finally:
-        for child in root.glob("*"):
-            if child.is_dir():
-                CommandCgroups.kill(child)
-                wait_until(lambda c=child: CommandCgroups.try_remove(c))  # type: ignore[misc]
-        root.rmdir()
 
 
 @pytest.mark.asyncio

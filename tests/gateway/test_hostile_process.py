@@ -12,41 +12,13 @@ import asyncio
 import os
 import secrets
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kruxos_gateway.capabilities._cgroups import CommandCgroups, Limits
 from kruxos_gateway.capabilities.process import resolve_cgroups, resolve_run_as
 
-from .support import eventually, make_config, running_gateway, wait_until
-
-UNIFIED = [Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")]
-
-
-def _writable_cgroup_parent() -> Path | None:
-    for mount in UNIFIED:
-        if (mount / "cgroup.procs").is_file() and os.access(mount, os.W_OK):
-            return mount
-    return None
-
-
-@pytest.fixture
-def cgroup_root() -> Iterator[Path]:
-    """A cgroup (v2) directory of the test's own, standing in for the unit's delegated subtree."""
-    parent = _writable_cgroup_parent()
-    if parent is None:
-        pytest.skip("needs a writable cgroup v2 hierarchy (root on a host with /sys/fs/cgroup)")
-    root = parent / f"kruxos-test-{secrets.token_hex(4)}"
-    root.mkdir()
-    try:
-        yield root
-    finally:
-        for child in root.glob("*"):
-            if child.is_dir():
-                CommandCgroups.kill(child)
-                wait_until(lambda c=child: CommandCgroups.try_remove(c))  # type: ignore[misc]
-        root.rmdir()
+from .support import eventually, make_config, running_gateway
 
 
 def alive(marker: str) -> bool:

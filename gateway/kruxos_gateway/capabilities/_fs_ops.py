@@ -23,7 +23,6 @@ import secrets
 import shutil
 import stat
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from ..errors import (
@@ -37,6 +36,7 @@ from ..errors import (
     PermissionDenied,
     TooLarge,
 )
+from ..timestamps import iso_ms_of
 from .workspace import VIRTUAL_ROOT, Location, Workspace, dir_mode_beneath, file_mode_beneath, wire_name
 
 MAX_LIST_ENTRIES = 10_000
@@ -102,23 +102,6 @@ def too_large(agent: str, size: int, limit: int, what: str) -> TooLarge:
         f"{agent} is {size} bytes, over the {what} limit of {limit} bytes",
         recovery=[("use_smaller_file", f"keep files under {limit} bytes, or split them")],
         details={"path": agent, "size": size, "limit": limit},
-    )
-
-
-def iso_time(timestamp: float) -> str:
-    """A file time as the gateway writes every time (``storage.store.iso_ms``, which the file worker
-    does not import): ISO 8601 UTC with milliseconds, truncated."""
-    when = datetime.fromtimestamp(timestamp, UTC)
-    if when.year < 1000:  # strftime's %Y is not zero-padded; keep its exact text for such years
-        return when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    return "%d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031 (twice as fast as strftime)
-        when.year,
-        when.month,
-        when.day,
-        when.hour,
-        when.minute,
-        when.second,
-        when.microsecond // 1000,
     )
 
 
@@ -295,7 +278,7 @@ def _entry(agent_dir: str, disk: str, st: os.stat_result) -> dict[str, Any]:
         "path": entry_path(agent_dir, name),
         "type": file_type(st.st_mode),
         "size": st.st_size,
-        "modified": iso_time(st.st_mtime),
+        "modified": iso_ms_of(st.st_mtime),
     }
 
 
@@ -337,7 +320,7 @@ def stat_path(ws: Workspace, path: str) -> dict[str, Any]:
         "name": os.path.basename(agent) or "workspace",
         "type": file_type(st.st_mode),
         "size": st.st_size,
-        "modified": iso_time(st.st_mtime),
+        "modified": iso_ms_of(st.st_mtime),
         "mode": f"{stat.S_IMODE(st.st_mode):04o}",
         "symlink_target": target,
     }

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 from ..approvals import schema as approvals_schema
 from ..state import schema as state_schema
+from ..timestamps import iso_ms
 
 # 1: keys, audit, alerts; 2: approvals and agent state, whose tables their modules hold.
 SCHEMA_VERSION = 2
@@ -125,23 +126,6 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 def now() -> str:
     """The current UTC time as ISO 8601 with milliseconds, e.g. ``2026-11-27T14:30:00.123Z``."""
     return iso_ms(datetime.now(UTC))
-
-
-def iso_ms(when: datetime) -> str:
-    """A UTC datetime as ``now()`` writes it: ISO 8601 with milliseconds (truncated) and ``Z``."""
-    if when.year < 1000:  # strftime's %Y is not zero-padded; keep its exact text for such years
-        return when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    # The same text as strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z" in half the time (every invocation
-    # formats one or two of these); %-formatting is also faster here than an f-string.
-    return "%d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031
-        when.year,
-        when.month,
-        when.day,
-        when.hour,
-        when.minute,
-        when.second,
-        when.microsecond // 1000,
-    )
 
 
 # --- API keys -----------------------------------------------------------------------------------
