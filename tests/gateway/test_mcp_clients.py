@@ -108,27 +108,51 @@ async def test_an_approval_round_trip_approved_from_kruxosctl(gateway: RunningGa
         waiting = asyncio.create_task(
             session.call_tool("kruxos_wait_for_approval", {"approval_id": approval_id, "timeout_seconds": 30})
         )
-        decided = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "kruxos_gateway.ctl", "--config", str(config_file(gateway)), "approvals",
-             "approve", approval_id, "--reason", "fine"],
-            capture_output=True, text=True, timeout=timeout(30), check=False,
-        )  # fmt: skip
-        assert decided.returncode == 0, decided.stderr
+        await approve(gateway, approval_id)
         done = await asyncio.wait_for(waiting, timeout(40))
         assert done.is_error is False
         assert done.structured_content["stdout"] == "deploy\n"
     assert (gateway.workspace / "ran.log").read_text() == "deploy\n"  # ran once
 
 
-async def test_fastmcp_lists_and_calls_tools(gateway: RunningGateway) -> None:
+async def test_fastmcp_lists_reads_writes_is_denied_and_waits_for_an_approval(
+    gateway: RunningGateway,
+) -> None:
     transport = StreamableHttpTransport(url(gateway), headers={"Authorization": f"Bearer {gateway.key}"})
     async with FastMcpClient(transport) as client:
         assert "filesystem_stat" in {t.name for t in await client.list_tools()}
         stat = await client.call_tool("filesystem_stat", {"path": "notes.txt"})
         assert stat.structured_content["type"] == "file"
+        read = await client.call_tool("filesystem_read", {"path": "notes.txt"})
+        assert read.structured_content["content"] == "hello from the workspace"
+        await client.call_tool("filesystem_write", {"path": "fast.txt", "content": "by fastmcp"})
         denied = await client.call_tool("filesystem_read", {"path": "secret.txt"}, raise_on_error=False)
         assert denied.is_error is True
+        pending = await client.call_tool("process_run", {"command": "echo deploy"}, raise_on_error=False)
+        assert pending.is_error is True
+        approval_id = pending.structured_content["approval"]["approval_id"]
+        await approve(gateway, approval_id)
+        done = await client.call_tool("kruxos_wait_for_approval", {"approval_id": approval_id})
+        assert done.structured_content["stdout"] == "deploy\n"
+    assert (gateway.workspace / "fast.txt").read_text() == "by fastmcp"
+    wrong = StreamableHttpTransport(url(gateway), headers={"Authorization": "Bearer " + "2" * 64})
+    with pytest.raises(Exception, match=r"(?i)error|401|unauthorized"):
+        async with FastMcpClient(wrong) as client:
+            await client.list_tools()
+
+
+async def approve(gateway: RunningGateway, approval_id: str) -> None:
+    """What the operator does: kruxosctl approvals approve ID."""
+    argv = [sys.executable, "-m", "kruxos_gateway.ctl", "--config", str(config_file(gateway))]
+    decided = await asyncio.to_thread(
+        subprocess.run,
+        [*argv, "approvals", "approve", approval_id, "--reason", "fine"],
+        capture_output=True,
+        text=True,
+        timeout=timeout(30),
+        check=False,
+    )
+    assert decided.returncode == 0, decided.stderr
 
 
 async def test_a_wrong_key_gets_401_and_no_oauth(gateway: RunningGateway) -> None:

@@ -208,3 +208,12 @@ async def test_one_key_cannot_hold_more_than_max_in_flight_and_others_still_get_
         assert [s for s, _, _ in await asyncio.gather(*held)] == [200, 200]
         status, _, _ = await http_post(gw.port, "/mcp", rpc("ping"), auth(gw))
         assert status == 200  # the slots are free again
+
+
+async def test_an_unknown_protocol_version_header_is_a_bad_request(gateway: RunningGateway) -> None:
+    newer = auth(gateway, **{"MCP-Protocol-Version": "2099-01-01"})
+    status, _, body = await http_post(gateway.port, "/mcp", rpc("ping"), newer)
+    assert status == 400
+    assert "2025-11-25" in json.loads(body)["error"]["recovery"][0]["description"]
+    known = auth(gateway, **{"MCP-Protocol-Version": "2025-06-18"})
+    assert (await http_post(gateway.port, "/mcp", rpc("ping"), known))[0] == 200

@@ -35,7 +35,7 @@ from ..core.sessions import Caller, Sessions
 from ..storage import store
 from ..storage.db import Database
 from ..transports.http import Connection, error_response, json_response
-from .server import PARSE_ERROR, McpServer
+from .server import PARSE_ERROR, PROTOCOL_VERSIONS, McpServer
 
 __all__ = ["MAX_SESSIONS_PER_KEY", "PATH", "SESSION_IDLE_SECONDS", "McpEndpoint"]
 
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 PATH = "/mcp"
 SUBPROTOCOL = "mcp"
 SESSION_HEADER = "Mcp-Session-Id"
+# Sent by clients on every request after initialize (2025-06-18 on); absent: the client is older.
+VERSION_HEADER = "MCP-Protocol-Version"
 MAX_SESSIONS_PER_KEY = 32
 SESSION_IDLE_SECONDS = 3600.0
 # JSON-RPC error of a message refused because its key has too many being answered (server range).
@@ -98,6 +100,16 @@ class McpEndpoint:
         key = await self._key(request)
         if isinstance(key, web.Response):
             return key
+        version = request.headers.get(VERSION_HEADER)
+        if version is not None and version not in PROTOCOL_VERSIONS:
+            return error_response(
+                HTTPStatus.BAD_REQUEST,
+                "bad_request",
+                f"unsupported {VERSION_HEADER}: {version[:40]!r}",
+                "use_known_version",
+                "speak one of " + ", ".join(PROTOCOL_VERSIONS) + " (initialize negotiates one)",
+                close=False,
+            )
         try:
             message = json.loads(await request.text())
         except (ValueError, UnicodeDecodeError):
