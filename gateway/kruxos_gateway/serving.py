@@ -33,7 +33,12 @@ def serve(parts: Parts) -> Serving:
     server = GatewayServer(parts.config, parts.db, parts.gateway)
     tools = McpServer(parts.registry, parts.policy, parts.pipeline, parts.approvals)
     mcp = McpEndpoint(
-        tools, parts.sessions, server.supervision.authenticate, parts.db, parts.config.limits.max_in_flight
+        tools,
+        parts.sessions,
+        server.supervision.authenticate,
+        server.supervision.take_key_slot,
+        parts.db,
+        parts.config.limits.max_in_flight,
     )
     server.add_routes(mcp.routes())
     return Serving(server, mcp)

@@ -217,3 +217,18 @@ async def test_an_unknown_protocol_version_header_is_a_bad_request(gateway: Runn
     assert "2025-11-25" in json.loads(body)["error"]["recovery"][0]["description"]
     known = auth(gateway, **{"MCP-Protocol-Version": "2025-06-18"})
     assert (await http_post(gateway.port, "/mcp", rpc("ping"), known))[0] == 200
+
+
+async def test_mcp_websockets_count_toward_the_keys_connection_quota(tmp_path: Path) -> None:
+    async with running_gateway(make_config(tmp_path, quotas={"connections": 2})) as gw:
+        async with (
+            connect(url(gw, "ws"), subprotocols=[MCP], additional_headers=auth(gw)),
+            gw.client(),  # a supervision connection takes the other slot
+        ):
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(url(gw, "ws"), subprotocols=[MCP], additional_headers=auth(gw)):
+                    pass
+            assert refused.value.response.status_code == 429
+        async with connect(url(gw, "ws"), subprotocols=[MCP], additional_headers=auth(gw)) as ws:
+            await ws.send(rpc("ping").decode())  # the slots came back when the connections ended
+            assert json.loads(await asyncio.wait_for(ws.recv(), timeout(10)))["id"] == 1

@@ -55,6 +55,9 @@ MAX_BATCH = 64
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a tool result may carry a whole file (filesystem.max_read_bytes)
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
+#: Counts a connection held open for a key against ``quotas.connections`` until it ends; the 429 to
+#: send when the key has none left (shared with the supervision endpoint: one count per key).
+TakeKeySlot = Callable[[Connection, str], "web.Response | None"]
 #: Checks a request's key: the live key, or the refusal to send (shared with the supervision
 #: endpoint, so failed attempts count toward one per-address limit).
 Authenticate = Callable[[web.Request], Awaitable["store.LiveKey | web.Response"]]
@@ -74,10 +77,12 @@ class McpEndpoint:
         server: McpServer,
         sessions: Sessions,
         authenticate: Authenticate,
+        take_key_slot: TakeKeySlot,
         db: Database,
         max_in_flight: int,
     ) -> None:
         self.server = server
+        self.take_key_slot = take_key_slot
         self.db = db
         self.sessions = sessions
         self.authenticate = authenticate
@@ -205,6 +210,11 @@ class McpEndpoint:
                 "upgrade",
                 "open a WebSocket (RFC 6455) to /mcp with subprotocol mcp",
             )
+        connection = request.protocol
+        if isinstance(connection, Connection):
+            refusal = self.take_key_slot(connection, key.name)
+            if refusal is not None:
+                return refusal
         await ws.prepare(request)
         caller = Caller(key.name, "mcp-" + secrets.token_hex(16))
         self.sessions.opened(caller)

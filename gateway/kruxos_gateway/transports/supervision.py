@@ -201,7 +201,7 @@ class Supervision:
                 "upgrade",
                 "open a WebSocket connection (RFC 6455) to /v1/supervision",
             )
-        refusal = self._take_key_slot(connection, key.name)
+        refusal = self.take_key_slot(connection, key.name)
         if refusal is not None:
             return refusal
         connection.authenticated()
@@ -300,8 +300,9 @@ class Supervision:
         self.limiter.record_failure(address)
         return refusal
 
-    def _take_key_slot(self, connection: Connection, name: str) -> web.Response | None:
+    def take_key_slot(self, connection: Connection, name: str) -> web.Response | None:
         """Count ``connection`` for its key until it ends; the 429 to send if the key has no slot left.
+        Every route that holds a connection open for a key (this one, MCP's WebSocket) counts it here.
 
         The key is valid: this is not a failed handshake, and the failed-handshake limiter does not
         count it.
