@@ -431,3 +431,25 @@ def test_idle_connections_without_a_key_leave_room_for_authenticated_agents(host
     out = host.check_output(f"timeout {timeout(120):.0f} bash -lc 'ulimit -n 4096; python3 /root/idle.py'")
     assert out == "True True", out
     assert host.service("kruxos-gateway").is_running
+
+
+def test_a_keys_file_work_runs_as_its_own_uid_in_a_worker(host: Host) -> None:
+    # Layer 2 of issue #11 on the appliance: filesystem.* runs in a worker with the key's process.run
+    # credentials, so what it writes belongs to the key's uid, as its commands' files do.
+    key = host.check_output("kruxosctl --config /etc/kruxos/gateway.yaml keys create file-worker")
+    script = (
+        "from kruxos import KruxOS\n"
+        f"with KruxOS.connect(api_key='{key}') as agent:\n"
+        "    path = '/workspace/by-worker.txt'\n"
+        "    wrote = agent.capabilities.invoke('filesystem.write', path=path, content='x')\n"
+        "    wrote.raise_for_error()\n"
+        "    run = agent.capabilities.invoke('process.run', command='id -u').data\n"
+        "    print(run['stdout'].strip())\n"
+    )
+    host.check_output(f"cat > /root/worker.py <<'EOF'\n{script}EOF")
+    command_uid = host.check_output(f"timeout {timeout(120):.0f} bash -lc 'python3 /root/worker.py'")
+    assert int(command_uid) >= 100000  # the appliance's key_uid_base
+    assert host.check_output("stat -c %u /workspace/by-worker.txt") == command_uid
+    workers = host.check_output("pgrep -u " + command_uid + " -f kruxos_gateway -c || true")
+    assert workers.strip() == "1"  # its worker, idle until filesystem.worker_idle_timeout
+    assert "fs-" in host.check_output("ls /sys/fs/cgroup/system.slice/kruxos-gateway.service")
