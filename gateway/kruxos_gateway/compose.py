@@ -7,6 +7,7 @@ feature reaches into another or changes one after it was built::
     file work ──────────────┤   (the gateway's threads, or one worker process per key's uid)
     state service ──────────┼─> registry (built-in capabilities + state's)
     approval book ──────────┤
+    proxies ────────────────┤   (email.send, proxy.*: only when email.accounts has one)
     registry, policy, book ─┴─> pipeline (observers: state's file records)
     pipeline ─> approvals (replays), state's methods (transaction steps)
     core + approvals + state methods ─> dispatch table ─> Gateway (what transports talk to)
@@ -17,8 +18,8 @@ has no effect outside the objects (no file touched, no thread started); :meth:`P
 what a serving gateway needs before its first connection.
 
 Where the next features plug in: an MCP endpoint is a transport calling ``Parts.pipeline``; the
-email proxy adds capabilities to the registry and methods to the table; a console is a transport
-over the operations the CLI uses.
+service proxies (``proxies/``) add capabilities to the registry and a sweeper started with the
+rest; a console is a transport over the operations the CLI uses.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .core.pipeline import Pipeline, Runtime
 from .core.sessions import Sessions
 from .policy.gate import PolicyGate
 from .policy.rules import Policy, parse_policy
+from .proxies.service import Proxies
 from .state.service import StateService
 from .storage.db import Database
 
@@ -58,16 +60,22 @@ class Parts:
     state: StateService
     sessions: Sessions
     gateway: Gateway
+    proxies: Proxies | None = None
 
     async def start(self) -> None:
-        """Before serving: clear what a previous gateway left, then start the approvals' sweeps."""
+        """Before serving: clear what a previous gateway left, then start the approvals' sweeps and
+        the proxies' (``ConfigError`` if an account's password file is not the gateway's alone)."""
         self.state.start()
+        if self.proxies is not None:
+            await self.proxies.start()
         await self.approvals.start(self.config.policy.approval_poll_interval)
 
     async def close(self) -> None:
-        """After the transports drained: let approved invocations that are running finish, then stop
-        the file workers."""
+        """After the transports drained: let approved invocations and proxy deliveries that are
+        running finish, then stop the file workers."""
         await self.approvals.close()
+        if self.proxies is not None:
+            await self.proxies.close()
         await self.files.close()
 
 
@@ -84,7 +92,10 @@ def build(
     gate = PolicyGate(policy, Path(config.policy.file), workspace)
     state = StateService(config, db, workspace)
     files = file_work(config, run_as, cgroups)  # nothing starts until a key's first file call
-    registry = Registry([*builtin_capabilities(files), *state.capabilities()])
+    proxies = Proxies(config, db) if config.email.accounts else None
+    registry = Registry(
+        [*builtin_capabilities(files), *state.capabilities(), *(proxies.capabilities() if proxies else [])]
+    )
     book = ApprovalBook(db, config.policy.approval_timeout)
     pipeline = Pipeline(
         registry,
@@ -111,6 +122,7 @@ def build(
         state=state,
         sessions=sessions,
         gateway=Gateway(methods, sessions),
+        proxies=proxies,
     )
 
 

@@ -9,10 +9,18 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
@@ -175,6 +183,74 @@ class QuotasConfig(_Section):
     transaction_snapshot_bytes: PositiveInt = 268_435_456
 
 
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine's loopback (an address in 127/8 or ::1, or localhost)."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class SmtpConfig(_Section):
+    host: str = Field(min_length=1)
+    # implicit: TLS from the first byte (465); starttls: upgraded before AUTH (587); none: plain
+    # text, for a server on loopback only (the test suite's). Certificates are always verified.
+    tls: Literal["implicit", "starttls", "none"] = "implicit"
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    user: str | None = None
+    timeout: PositiveFloat = 60.0
+
+    @model_validator(mode="after")
+    def _plain_only_on_loopback(self) -> SmtpConfig:
+        if self.tls == "none" and not is_loopback(self.host):
+            raise ValueError(f"tls: none is allowed for a loopback host only (got {self.host!r})")
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return {"implicit": 465, "starttls": 587, "none": 25}[self.tls]
+
+
+class EmailAccountConfig(_Section):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+    # The From address of what this account sends.
+    address: Annotated[str, Field(pattern=r"^[!-;=?A-~]+@[!-;=?A-~]+$")]  # ASCII, no <>, @ once
+    smtp: SmtpConfig
+    # A file holding the password (or app password), readable only by the gateway's user.
+    password_file: Path | None = None
+
+
+class EmailConfig(_Section):
+    accounts: list[EmailAccountConfig] = []
+    # How long a buffered send waits (and can be cancelled) before it is delivered.
+    send_window: Annotated[float, Field(ge=0)] = 300.0
+    max_recipients: PositiveInt = 50
+    max_body_bytes: PositiveInt = 1_048_576
+    # Temporary failures before DATA (refused connection, 4xx): attempts in all, and the first
+    # delay between them (doubled each time).
+    max_attempts: PositiveInt = 5
+    retry_delay: PositiveFloat = 30.0
+
+    @field_validator("accounts")
+    @classmethod
+    def _unique_names(cls, value: list[EmailAccountConfig]) -> list[EmailAccountConfig]:
+        names = [a.name for a in value]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"account name {name!r} is used twice")
+        return value
+
+    def account(self, name: str) -> EmailAccountConfig | None:
+        return next((a for a in self.accounts if a.name == name), None)
+
+
 class GatewayConfig(_Section):
     listen: ListenConfig = ListenConfig()
     state_dir: Path = Path("/var/lib/kruxos")
@@ -187,6 +263,7 @@ class GatewayConfig(_Section):
     state: StateConfig = StateConfig()
     quotas: QuotasConfig = QuotasConfig()
     policy: PolicyConfig = PolicyConfig()
+    email: EmailConfig = EmailConfig()
 
     @property
     def db_path(self) -> Path:
@@ -220,6 +297,15 @@ def _paths_as_path(raw: dict[str, object]) -> dict[str, object]:
     workspace = out.get("workspace")
     if isinstance(workspace, dict) and isinstance(workspace.get("root"), str):
         out["workspace"] = {**workspace, "root": Path(workspace["root"])}
+    email = out.get("email")
+    if isinstance(email, dict) and isinstance(email.get("accounts"), list):
+        accounts = [
+            {**a, "password_file": Path(a["password_file"])}
+            if isinstance(a, dict) and isinstance(a.get("password_file"), str)
+            else a
+            for a in email["accounts"]
+        ]
+        out["email"] = {**email, "accounts": accounts}
     return out
 
 

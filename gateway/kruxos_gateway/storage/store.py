@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..approvals import schema as approvals_schema
+from ..proxies import schema as proxies_schema
 from ..state import schema as state_schema
 from ..timestamps import iso_ms
 
-# 1: keys, audit, alerts; 2: approvals and agent state, whose tables their modules hold.
-SCHEMA_VERSION = 2
+# 1: keys, audit, alerts; 2: approvals and agent state, whose tables their modules hold; 3: the
+# service proxies' write buffer.
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
@@ -108,7 +110,7 @@ def connect_read_only(path: Path) -> sqlite3.Connection:
 
 def _schema_parts() -> tuple[str, ...]:
     """The core tables, then those of the features, which keep theirs in leaf modules of their own."""
-    return (_SCHEMA, approvals_schema.SCHEMA, state_schema.SCHEMA)
+    return (_SCHEMA, approvals_schema.SCHEMA, state_schema.SCHEMA, proxies_schema.SCHEMA)
 
 
 @contextmanager
