@@ -16,8 +16,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from ..errors import InvalidMessage, UnknownMethod
-from .protocol import one_line
+from ..errors import InvalidMessage
+from .protocol import one_line, unknown_method
 from .sessions import Caller
 
 P = TypeVar("P", bound=BaseModel)
@@ -66,14 +66,6 @@ class MethodTable:
         if method is None:
             raise unknown_method(name, self.names)
         return await method.handler(caller, parse_params(method.params, params, name))
-
-
-def unknown_method(name: str, known: Iterable[str]) -> UnknownMethod:
-    return UnknownMethod(
-        f"unknown method {name!r}",
-        recovery=[("use_known_method", "use one of: " + ", ".join(sorted(known)))],
-        details={"method": name},
-    )
 
 
 def parse_params(model: type[P], params: dict[str, Any], method: str) -> P:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,6 @@ from .models import (
     ErrorInfo,
     EventFrame,
     RequestFrame,
-    ResponseFrame,
     ServerFrame,
 )
 
@@ -83,10 +82,6 @@ def encode(frame: ServerFrame) -> str:
 def error_frame(request_id: str | None, error: errors.GatewayError | ErrorInfo) -> ErrorFrame:
     info = error if isinstance(error, ErrorInfo) else error.to_info()
     return ErrorFrame(id=request_id, error=info)
-
-
-def response_frame(request_id: str, result: dict[str, Any]) -> ResponseFrame:
-    return ResponseFrame(id=request_id, result=result)
 
 
 def shutdown_event() -> EventFrame:
@@ -160,14 +155,19 @@ def parse_request(message: str | bytes, max_message_bytes: int, methods: Collect
         err.request_id = request_id
         raise err from None
     if request.method not in methods:
-        err = errors.UnknownMethod(
-            f"unknown method {request.method!r}",
-            recovery=[("use_known_method", "use one of: " + ", ".join(sorted(methods)))],
-            details={"method": request.method},
-        )
+        err = unknown_method(request.method, methods)
         err.request_id = request.id
         raise err
     return request
+
+
+def unknown_method(name: str, known: Iterable[str]) -> errors.UnknownMethod:
+    """The refusal of a method the gateway does not answer, listing the ones it does."""
+    return errors.UnknownMethod(
+        f"unknown method {name!r}",
+        recovery=[("use_known_method", "use one of: " + ", ".join(sorted(known)))],
+        details={"method": name},
+    )
 
 
 def _reject_constant(name: str) -> object:
