@@ -55,10 +55,6 @@ def new_entry(conn: sqlite3.Connection, config: GatewayConfig, args: argparse.Na
             "install it (the appliance has it in /opt/kruxos/sdk/python), or use agent.as_mcp_config()",
         ) from None
     host = args.host or f"localhost:{config.listen.port}"
-    try:
-        client_config(host, "0" * 64, args.client)  # the address is checked before a key is made
-    except ConfigurationError as exc:
-        raise CtlError(str(exc), "pass --host HOST:PORT, e.g. --host kruxos.local:7700") from None
     if args.rotate:
         key = store.rotate_key(conn, args.name)
         if key is None:
@@ -71,7 +67,10 @@ def new_entry(conn: sqlite3.Connection, config: GatewayConfig, args: argparse.Na
                 f"a key named {args.name!r} exists or existed",
                 "pass --rotate to replace it (its old key stops working), or choose another name",
             ) from None
-    return str(client_config(host, key, args.client)) + "\n"
+    try:
+        return str(client_config(host, key, args.client)) + "\n"
+    except ConfigurationError as exc:  # raised inside the caller's transaction: the key is not kept
+        raise CtlError(str(exc), "pass --host HOST:PORT, e.g. --host kruxos.local:7700") from None
 
 
 def show(text: str, name: str, output: TextIO | None) -> None:

@@ -35,7 +35,7 @@ from ..core.sessions import Caller, Sessions
 from ..storage import store
 from ..storage.db import Database
 from ..transports.http import Connection, error_response, json_response
-from .server import PARSE_ERROR, PROTOCOL_VERSIONS, McpServer
+from .server import INVALID_REQUEST, PARSE_ERROR, PROTOCOL_VERSIONS, McpServer, rpc_error
 
 __all__ = ["MAX_SESSIONS_PER_KEY", "PATH", "SESSION_IDLE_SECONDS", "McpEndpoint"]
 
@@ -118,15 +118,12 @@ class McpEndpoint:
         try:
             message = json.loads(await request.text())
         except (ValueError, UnicodeDecodeError):
-            return json_response(
-                HTTPStatus.BAD_REQUEST, _rpc_error(None, PARSE_ERROR, "the body is not JSON")
-            )
+            return json_response(HTTPStatus.BAD_REQUEST, rpc_error(None, PARSE_ERROR, "the body is not JSON"))
         batch = isinstance(message, list)
         messages = message if batch else [message]
         if batch and not 0 < len(messages) <= MAX_BATCH:
-            return json_response(
-                HTTPStatus.BAD_REQUEST, _rpc_error(None, -32600, f"a batch holds 1 to {MAX_BATCH} messages")
-            )
+            too_many = rpc_error(None, INVALID_REQUEST, f"a batch holds 1 to {MAX_BATCH} messages")
+            return json_response(HTTPStatus.BAD_REQUEST, too_many)
         initializing = any(isinstance(m, dict) and m.get("method") == "initialize" for m in messages)
         session_id = request.headers.get(SESSION_HEADER)
         session: _Session | None = None
@@ -242,11 +239,11 @@ class McpEndpoint:
         try:
             message = json.loads(text)
         except ValueError:
-            answer: Any = _rpc_error(None, PARSE_ERROR, "the frame is not JSON")
+            answer: Any = rpc_error(None, PARSE_ERROR, "the frame is not JSON")
         else:
             if not self._enter(caller.key_name):
                 request_id = message.get("id") if isinstance(message, dict) else None
-                answer = _rpc_error(request_id, TOO_MANY_REQUESTS, self._busy_message(caller.key_name))
+                answer = rpc_error(request_id, TOO_MANY_REQUESTS, self._busy_message(caller.key_name))
             else:
                 try:
                     answer = await self.server.handle(caller, message)
@@ -355,7 +352,3 @@ def _origin_refusal(request: web.Request) -> web.Response | None:
         "connect from an MCP client, not from a web page",
         close=False,
     )
-
-
-def _rpc_error(request_id: object, code: int, message: str) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}

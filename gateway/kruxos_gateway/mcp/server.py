@@ -31,7 +31,7 @@ from ..errors import ApprovalNotFound, ApprovalRequired, GatewayError
 from ..policy.gate import PolicyGate
 from .tools import WAIT_TOOL, ToolTable
 
-__all__ = ["LATEST_VERSION", "PROTOCOL_VERSIONS", "McpServer", "negotiate"]
+__all__ = ["LATEST_VERSION", "PROTOCOL_VERSIONS", "McpServer", "negotiate", "rpc_error"]
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +75,20 @@ class McpServer:
     async def handle(self, caller: Caller, message: Any) -> dict[str, Any] | None:
         """The answer to one JSON-RPC message (``None``: a notification or a client's response)."""
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
-            return _error(None, INVALID_REQUEST, "not a JSON-RPC 2.0 message")
+            return rpc_error(None, INVALID_REQUEST, "not a JSON-RPC 2.0 message")
         request_id = message.get("id")
         method = message.get("method")
         if method is None:
             return None  # a response (to a request we never send) or junk without an id: nothing to say
         if not isinstance(method, str):
-            return _error(request_id, INVALID_REQUEST, "method must be a string")
+            return rpc_error(request_id, INVALID_REQUEST, "method must be a string")
         if "id" not in message:
             return None  # a notification: initialized, cancelled, roots changed, ...
         if not isinstance(request_id, str | int) or isinstance(request_id, bool):
-            return _error(None, INVALID_REQUEST, "id must be a string or an integer")
+            return rpc_error(None, INVALID_REQUEST, "id must be a string or an integer")
         params = message.get("params", {})
         if not isinstance(params, dict):
-            return _error(request_id, INVALID_PARAMS, "params must be an object")
+            return rpc_error(request_id, INVALID_PARAMS, "params must be an object")
         try:
             if method == "initialize":
                 return _result(request_id, self._initialize(params))
@@ -99,8 +99,8 @@ class McpServer:
             if method == "tools/call":
                 return _result(request_id, await self._call(caller, params))
         except _InvalidParams as exc:
-            return _error(request_id, INVALID_PARAMS, str(exc))
-        return _error(request_id, METHOD_NOT_FOUND, f"method not found: {method}")
+            return rpc_error(request_id, INVALID_PARAMS, str(exc))
+        return rpc_error(request_id, METHOD_NOT_FOUND, f"method not found: {method}")
 
     def _initialize(self, params: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -182,7 +182,8 @@ def _result(request_id: str | int, result: dict[str, Any]) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "result": result}
 
 
-def _error(request_id: object, code: int, message: str) -> dict[str, Any]:
+def rpc_error(request_id: object, code: int, message: str) -> dict[str, Any]:
+    """A JSON-RPC error response (``request_id`` None where the request's id is unknown)."""
     return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
 
 
