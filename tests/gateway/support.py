@@ -33,6 +33,7 @@ __all__ = [
     "RunningGateway",
     "eventually",
     "http_get",
+    "http_request",
     "make_config",
     "running_gateway",
     "timeout",
@@ -192,22 +193,32 @@ async def running_gateway(
 async def http_get(
     port: int, path: str, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
-    """A plain HTTP/1.1 GET (no upgrade); returns status, headers and body."""
+    """A plain HTTP/1.1 GET (no upgrade); returns status, headers (names in lower case) and body."""
+    return await http_request(port, "GET", path, headers=headers)
+
+
+async def http_request(
+    port: int, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One plain HTTP/1.1 request on its own connection; returns status, headers (names in lower
+    case) and body."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
+        lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
+        if body:
+            lines.append(f"Content-Length: {len(body)}")
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
         await writer.drain()
         raw = await asyncio.wait_for(reader.read(), timeout(5))
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
-    head, _, body = raw.partition(b"\r\n\r\n")
+    head, _, rest = raw.partition(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     parsed = {}
     for line in header_lines:
         name, _, value = line.partition(":")
         parsed[name.strip().lower()] = value.strip()
-    return int(status_line.split()[1]), parsed, body
+    return int(status_line.split()[1]), parsed, rest

@@ -20,11 +20,12 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
 from ..helpers import timeout
-from .support import RunningGateway, http_get, make_config, running_gateway
+from .support import RunningGateway, http_get, http_request, make_config, running_gateway
 
 pytestmark = pytest.mark.asyncio
 
 MCP = Subprotocol("mcp")
+JSON_OR_SSE = "application/json, text/event-stream"
 
 
 @pytest_asyncio.fixture
@@ -53,7 +54,7 @@ def auth(gateway: RunningGateway, **extra: str) -> dict[str, str]:
 async def test_a_post_without_a_key_gets_401_and_no_oauth(gateway: RunningGateway) -> None:
     status, headers, body = await http_post(gateway.port, "/mcp", rpc("ping"), {})
     assert status == 401
-    assert "www-authenticate" not in {h.lower() for h in headers}
+    assert "www-authenticate" not in headers
     assert json.loads(body)["error"]["type"] == "authentication_failed"
     status, _, _ = await http_get(gateway.port, "/.well-known/oauth-authorization-server")
     assert status == 404
@@ -65,7 +66,7 @@ async def test_initialize_opens_a_session_that_later_requests_share(gateway: Run
     )
     assert status == 200
     assert json.loads(body)["result"]["protocolVersion"] == "2025-11-25"
-    session = {k.lower(): v for k, v in headers.items()}["mcp-session-id"]
+    session = headers["mcp-session-id"]
     in_session = auth(gateway, **{"Mcp-Session-Id": session})
     remember = rpc("tools/call", name="state_session_set", arguments={"key": "task", "value": 7})
     assert (await http_post(gateway.port, "/mcp", remember, in_session))[0] == 200
@@ -84,7 +85,7 @@ async def test_initialize_opens_a_session_that_later_requests_share(gateway: Run
 async def test_another_keys_session_id_is_unknown(gateway: RunningGateway) -> None:
     other = await gateway.db.run(functools.partial(store.create_key, name="mallory"))
     _, headers, _ = await http_post(gateway.port, "/mcp", rpc("initialize"), auth(gateway))
-    session = {k.lower(): v for k, v in headers.items()}["mcp-session-id"]
+    session = headers["mcp-session-id"]
     stolen = {"Authorization": f"Bearer {other}", "Mcp-Session-Id": session}
     status, _, _ = await http_post(gateway.port, "/mcp", rpc("ping"), stolen)
     assert status == 404
@@ -160,34 +161,13 @@ async def test_the_websocket_path_speaks_json_rpc_per_text_frame(gateway: Runnin
     assert refused.value.response.status_code == 401
 
 
-async def http_request(
-    port: int, method: str, path: str, body: bytes, headers: dict[str, str]
-) -> tuple[int, dict[str, str], bytes]:
-    """A plain HTTP/1.1 request; returns status, headers and body."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        writer.write(
-            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-            f"Accept: application/json, text/event-stream\r\nContent-Length: {len(body)}\r\n{head}"
-            "Connection: close\r\n\r\n".encode()
-            + body
-        )
-        await writer.drain()
-        raw = await asyncio.wait_for(reader.read(), timeout(10))
-    finally:
-        writer.close()
-    head_text, _, rest = raw.partition(b"\r\n\r\n")
-    lines = head_text.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    parsed = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
-    return status, parsed, rest
-
-
 async def http_post(
     port: int, path: str, body: bytes, headers: dict[str, str]
 ) -> tuple[int, dict[str, str], bytes]:
-    return await http_request(port, "POST", path, body, headers)
+    """A JSON-RPC POST as MCP clients send it."""
+    return await http_request(
+        port, "POST", path, body, {"Content-Type": "application/json", "Accept": JSON_OR_SSE, **headers}
+    )
 
 
 async def test_one_key_cannot_hold_more_than_max_in_flight_and_others_still_get_in(tmp_path: Path) -> None:
