@@ -225,6 +225,15 @@ class EmailAccountConfig(_Section):
     smtp: SmtpConfig
     # A file holding the password (or app password), readable only by the gateway's user.
     password_file: Path | None = None
+    # Or the name of a systemd credential (LoadCredential=/LoadCredentialEncrypted= in the
+    # gateway's unit), read from $CREDENTIALS_DIRECTORY; never both (proxies/email/credentials.py).
+    credential: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")] | None = None
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> EmailAccountConfig:
+        if self.password_file is not None and self.credential is not None:
+            raise ValueError("set password_file or credential, not both")
+        return self
 
 
 class EmailConfig(_Section):

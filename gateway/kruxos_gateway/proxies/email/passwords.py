@@ -1,48 +1,18 @@
-"""The accounts' passwords: files only the gateway's user can read, checked at start, read when used.
-
-A password is read when a message is sent (a changed file takes effect at the next send) and goes
-nowhere but the SMTP AUTH command: not into results, errors, logs or the audit log.
-"""
+"""The accounts' passwords, by the names the proxy has always called: kept so that callers of
+``check_password_files``/``read_password`` go on working; the rules are in ``credentials.py``
+(a password file or a systemd credential)."""
 
 from __future__ import annotations
 
-import os
-import stat
-
 from ...config import EmailAccountConfig, EmailConfig
-from ...errors import ConfigError
+from . import credentials
 
 
 def check_password_files(config: EmailConfig) -> None:
-    """Refuse (``ConfigError``, one line) a password file that is missing, unreadable, or readable by
-    its group or others."""
-    for account in config.accounts:
-        where = f"email.accounts[{account.name}].password_file"
-        path = account.password_file
-        if path is None:
-            if account.smtp.user is not None:
-                raise ConfigError(
-                    f"email.accounts[{account.name}]: smtp.user is set but password_file is not"
-                )
-            continue
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{where}: {path} is not a regular file")
-        if st.st_mode & 0o077:
-            raise ConfigError(
-                f"{where}: {path} is readable by others than its owner (mode {stat.S_IMODE(st.st_mode):04o});"
-                f" run chmod 600 {path}"
-            )
-        if not os.access(path, os.R_OK):
-            raise ConfigError(f"{where}: {path} is not readable by the gateway's user")
+    """Refuse (``ConfigError``, one line) a secret that is missing or readable by others."""
+    credentials.check_credentials(config)
 
 
 def read_password(account: EmailAccountConfig) -> str | None:
-    """The account's password (the file's text without its final line break); blocking."""
-    if account.password_file is None:
-        return None
-    with open(account.password_file, encoding="utf-8") as f:
-        return f.read().rstrip("\r\n")
+    """The account's password (password file or systemd credential); blocking."""
+    return credentials.read_secret(account)

@@ -174,7 +174,9 @@ class EmailProxy:
             try:
                 password = passwords.read_password(account)
             except OSError as exc:
-                return smtp.Outcome("retry", f"cannot read the account's password file: {exc.strerror}")
+                return smtp.Outcome(
+                    "retry", f"cannot read the account's password (file or credential): {exc.strerror}"
+                )
             data = smtp.build_message(account, write.payload, write.message_id)
             return smtp.deliver(account, password, envelope_recipients(write.payload), data)
 
