@@ -29,7 +29,7 @@ from .config import DEFAULT_CONFIG_PATH, GatewayConfig, ListenConfig, describe_v
 from .errors import ConfigError
 from .logs import configure_logging, error_line
 from .policy.rules import Policy, PolicyError, configured_policy
-from .proxies.email.passwords import check_password_files
+from .proxies.email.credentials import check_credentials
 from .sdnotify import notify
 from .storage.db import Database
 
@@ -63,7 +63,7 @@ def _configure(args: argparse.Namespace) -> tuple[GatewayConfig, RunAs | None]:
             raise ConfigError(f"command line: --{describe_validation_error(exc)}") from None
         config = config.model_copy(update={"listen": listen})
     run_as = resolve_run_as(config.process)
-    check_password_files(config.email)  # refused here, as one line, before anything starts
+    check_credentials(config.email)  # refused here, as one line, before anything starts
     root = config.workspace.root
     if not root.is_dir():
         raise ConfigError(f"workspace.root: {root} is not a directory")

@@ -79,22 +79,6 @@ def test_a_credential_is_read_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert credentials.read_secret(account) == PASSWORD
 
 
-class _RecordingImap:
-    def __init__(self) -> None:
-        self.logins: list[tuple[str, str]] = []
-
-    def login(self, username: str, password: str) -> object:
-        self.logins.append((username, password))
-        return b"OK"
-
-
-def test_imap_login_uses_the_accounts_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _credentials_directory(tmp_path, monkeypatch)
-    client = _RecordingImap()
-    credentials.imap_login(client, _account(tmp_path, "credential: mail-work"), "agent")
-    assert client.logins == [("agent", PASSWORD)]
-
-
 @pytest.mark.asyncio
 async def test_a_credential_logs_in_to_a_real_smtp_server(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -18,7 +18,7 @@ from kruxos_gateway import compose
 from kruxos_gateway.config import parse_config
 from kruxos_gateway.errors import ConfigError
 from kruxos_gateway.policy.rules import parse_policy
-from kruxos_gateway.proxies.email.passwords import check_password_files
+from kruxos_gateway.proxies.email.credentials import check_credentials
 from kruxos_gateway.storage import store
 from kruxos_gateway.storage.db import Database
 
@@ -329,7 +329,7 @@ def test_a_password_file_others_can_read_is_refused_at_start(tmp_path: Path) -> 
     assert config.email.accounts[0].password_file is not None
     config.email.accounts[0].password_file.chmod(0o640)
     with pytest.raises(ConfigError, match=r"password_file: .* readable by others .* chmod 600") as caught:
-        check_password_files(config.email)
+        check_credentials(config.email)
     assert "\n" not in str(caught.value)
     assert PASSWORD not in str(caught.value)
 

@@ -6,7 +6,7 @@ which takes from it:
 - :meth:`~Proxies.capabilities`: each proxy's own (``email.send``), plus ``proxy.cancel_write`` and
   ``proxy.list_writes`` for the writes of any proxy; all invoked through the pipeline, so policy,
   approvals and audit apply to them as to any other capability;
-- :meth:`~Proxies.start` and :meth:`~Proxies.close`: at start, the passwords' files are checked and
+- :meth:`~Proxies.start` and :meth:`~Proxies.close`: at start, the accounts' secrets are checked and
   writes a stopped gateway left ``sending`` become ``unknown`` (never sent twice); then a sweeper
   starts each write when its window ends (``buffer.start``, committed before anything is sent) and
   hands it to its proxy's ``deliver``.
@@ -31,7 +31,7 @@ from ..errors import ExecutionFailed, NotFound
 from ..storage.db import Database
 from . import buffer
 from .buffer import Write
-from .email import passwords
+from .email import credentials
 from .email.proxy import EmailProxy
 from .email.smtp import Outcome
 
@@ -73,8 +73,8 @@ class Proxies:
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Check the passwords' files (``ConfigError``), settle what a stopped gateway left, sweep."""
-        passwords.check_password_files(self.config.email)
+        """Check the accounts' secrets (``ConfigError``), settle what a stopped gateway left, sweep."""
+        credentials.check_credentials(self.config.email)
         for write in await self.db.run(buffer.interrupt_sending):
             log.warning("write %s was being sent when the gateway stopped; now unknown", write.write_id)
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="kruxos-proxy-writes")

@@ -6,8 +6,7 @@
   service's user can read, gone when the service stops.
 
 The secret is read when it is used (a changed file takes effect at the next login) and goes nowhere
-but the login command (SMTP AUTH, IMAP LOGIN): not into results, errors, logs or the audit log.
-:func:`imap_login` is the one place an IMAP client logs in.
+but the login command (SMTP AUTH): not into results, errors, logs or the audit log.
 """
 
 from __future__ import annotations
@@ -15,16 +14,9 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Protocol
 
 from ...config import EmailAccountConfig, EmailConfig
 from ...errors import ConfigError
-
-
-class ImapClient(Protocol):
-    """What :func:`imap_login` needs of an ``imapclient.IMAPClient``."""
-
-    def login(self, username: str, password: str) -> object: ...
 
 
 def _credential_path(account: EmailAccountConfig) -> Path | None:
@@ -92,8 +84,3 @@ def read_secret(account: EmailAccountConfig) -> str | None:
         return None
     with open(path, encoding="utf-8") as f:
         return f.read().rstrip("\r\n")
-
-
-def imap_login(client: ImapClient, account: EmailAccountConfig, user: str) -> None:
-    """Log ``client`` in as ``user`` with the account's password; blocking."""
-    client.login(user, read_secret(account) or "")

@@ -2,7 +2,7 @@
 
 The message is checked when it is buffered (addresses, header text, sizes), its Message-ID fixed
 then, and the payload stored is all that delivery needs besides the account's password, which is
-read only on the delivery thread (``passwords.py``).
+read only on the delivery thread (``credentials.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ...capabilities.inputs import Inputs
 from ...config import EmailAccountConfig, EmailConfig
 from ...errors import InvalidInput, TooLarge
 from ..buffer import Write, iso
-from . import passwords, smtp
+from . import credentials, smtp
 
 #: Buffers a write: (ctx, proxy, kind, payload, message_id, window) -> the pending write.
 BufferWrite = Callable[[Context, str, str, dict[str, Any], str, float], Awaitable[Write]]
@@ -172,7 +172,7 @@ class EmailProxy:
 
         def run() -> smtp.Outcome:
             try:
-                password = passwords.read_password(account)
+                password = credentials.read_secret(account)
             except OSError as exc:
                 return smtp.Outcome(
                     "retry", f"cannot read the account's password (file or credential): {exc.strerror}"
